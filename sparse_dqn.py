@@ -1,0 +1,808 @@
+"""Sparse DQN on MinAtar: the core of the companion to Davelouis, Martin & Bowling,
+"On the Interplay Between Sparsity and Training in Deep Reinforcement Learning" (arXiv 2501.16729).
+
+Read top to bottom: configuration, connectivity masks (dense, random, spatial, predictive via
+Prediction Adapted Neighbourhoods, L1), the sparse Q-network, the replay buffer, population
+training (many agents of one game in lockstep, in batched tensors), the result store, and the
+command line. `train(config, seeds)` is the one entry point that notebooks, tests, the CLI and
+cluster launchers share.
+
+Observations are flattened channel-major: input index d = channel * 100 + row * 10 + col.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+GRID = 10
+CHANNELS = {"breakout": 4, "space_invaders": 6}
+ARCHS = ("dense", "random", "spatial", "predictive", "l1", "minatar_cnn")
+REGIMES = ("frozen", "learned")
+NUM_ACTIONS = 6
+CODE_VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+
+
+# ----------------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------------
+def _field(default, doc: str):
+    return dataclasses.field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class Config:
+    env: str = _field("breakout", "MinAtar game: breakout or space_invaders")
+    arch: str = _field("spatial", "hidden-layer connectivity: " + ", ".join(ARCHS))
+    regime: str = _field("learned", "hidden weights frozen at initialisation, or learned end to end")
+    hidden_units: int = _field(1200, "hidden units of every sparse architecture and of L1's dense layer")
+    fan_in: int = _field(0, "inputs per sparse hidden unit (k); 0 means 9 x channels, a 3x3 patch")
+    pan_frames: int = _field(50_000, "random-policy frames that train PAN's predictors (not in `frames`)")
+    pan_gamma: float = _field(0.99, "discount of PAN's predictors (PAN's own value)")
+    pan_lambda: float = _field(0.8, "trace decay of PAN's TD(lambda) (PAN's own value)")
+    pan_step_size: float = _field(1e-3, "step size of PAN's TD(lambda); chosen by measured TD error")
+    l1_coef: float = _field(1e-5, "L1 penalty on hidden weights, per agent (arch l1, learned)")
+    sparsity_threshold: float = _field(1e-3, "|w| below this counts as zero in effective sparsity")
+    log_every: int = _field(10_000, "frames between effective-sparsity records")
+    frames: int = _field(5_000_000, "environment frames per agent")
+    replay_size: int = _field(100_000, "replay capacity, transitions per agent")
+    batch_size: int = _field(32, "transitions per update")
+    learning_starts: int = _field(5_000, "frames of uniform-random actions before learning")
+    eps_start: float = _field(1.0, "exploration epsilon when learning starts")
+    eps_end: float = _field(0.1, "final exploration epsilon")
+    eps_decay_frames: int = _field(100_000, "frames of linear epsilon decay after learning starts")
+    target_update: int = _field(1_000, "updates between target-network copies")
+    gamma: float = _field(0.99, "discount of the DQN target")
+    lr: float = _field(2.5e-4, "centred RMSprop step size")
+    rms_alpha: float = _field(0.95, "centred RMSprop squared-gradient decay")
+    rms_eps: float = _field(0.01, "centred RMSprop epsilon")
+    sticky_action_prob: float = _field(0.1, "MinAtar sticky-action probability")
+    difficulty_ramping: bool = _field(True, "MinAtar difficulty ramping")
+    device: str = _field("cpu", "torch device (cpu, cuda, cuda:1, ...); not part of the result key")
+
+    def __post_init__(self):
+        def bad(name, allowed):
+            raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; expected {allowed}")
+
+        if self.env not in CHANNELS:
+            bad("env", "one of " + ", ".join(CHANNELS))
+        if self.arch not in ARCHS:
+            bad("arch", "one of " + ", ".join(ARCHS))
+        if self.regime not in REGIMES:
+            bad("regime", "one of " + ", ".join(REGIMES))
+        for name in ("hidden_units", "frames", "replay_size", "batch_size", "target_update",
+                     "log_every", "pan_frames"):
+            if getattr(self, name) < 1:
+                bad(name, "an integer >= 1")
+        for name in ("learning_starts", "eps_decay_frames"):
+            if getattr(self, name) < 0:
+                bad(name, "an integer >= 0")
+        if not 0 <= self.fan_in <= self.input_size:
+            bad("fan_in", f"0..{self.input_size} (the input size of {self.env}; 0 = 9 x channels)")
+        for name in ("pan_gamma", "pan_lambda", "gamma", "rms_alpha", "eps_start", "eps_end",
+                     "sticky_action_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                bad(name, "a number in [0, 1]")
+        for name in ("pan_step_size", "lr", "rms_eps"):
+            if not getattr(self, name) > 0.0:
+                bad(name, "a number > 0")
+        for name in ("l1_coef", "sparsity_threshold"):
+            if not getattr(self, name) >= 0.0:
+                bad(name, "a number >= 0")
+        try:
+            torch.device(self.device)
+        except RuntimeError:
+            bad("device", "a torch device such as cpu or cuda")
+
+    @property
+    def channels(self) -> int:
+        return CHANNELS[self.env]
+
+    @property
+    def input_size(self) -> int:
+        return self.channels * GRID * GRID
+
+    @property
+    def k(self) -> int:
+        """Fan-in of the sparse masks (random, spatial, predictive, L1)."""
+        return self.fan_in or min(9 * self.channels, self.input_size)
+
+    @property
+    def dense_units(self) -> int:
+        """Units of the equal-capacity dense layer: as many hidden weights as the sparse masks."""
+        return max(1, round(self.hidden_units * self.k / self.input_size))
+
+    @property
+    def layer_shape(self) -> tuple[int, int]:
+        """(units, inputs per unit) of the hidden layer as trained; L1 learns a dense layer."""
+        if self.arch == "dense":
+            return self.dense_units, self.input_size
+        if self.arch == "l1" and self.regime == "learned":
+            return self.hidden_units, self.input_size
+        return self.hidden_units, self.k
+
+    def key(self) -> str:
+        """Result-store key: the experiment's fields and the code version, not the device."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "device"}
+        blob = json.dumps(fields, sort_keys=True) + CODE_VERSION
+        return f"{self.env}_{self.arch}_{self.regime}_" + hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# Fields that every agent of one population must share: they set the lockstep loop and replay.
+SHARED_FIELDS = ("env", "frames", "replay_size", "batch_size", "learning_starts", "eps_start",
+                 "eps_end", "eps_decay_frames", "target_update", "gamma", "lr", "rms_alpha",
+                 "rms_eps", "sticky_action_prob", "difficulty_ramping", "device", "log_every",
+                 "sparsity_threshold")
+
+
+def _seed(seed: int, stream: str) -> int:
+    """Independent, reproducible integer seed for one named random stream of one agent."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{stream}".encode()).digest()[:4], "little")
+
+
+def make_env(cfg: Config, seed: int):
+    from minatar import Environment
+
+    env = Environment(cfg.env, sticky_action_prob=cfg.sticky_action_prob,
+                      difficulty_ramping=cfg.difficulty_ramping)
+    env.seed(seed)
+    env.reset()
+    return env
+
+
+def observe(env) -> np.ndarray:
+    """The flat channel-major 0/1 observation of a MinAtar env, as bool (input_size,)."""
+    return np.ascontiguousarray(env.state().transpose(2, 0, 1)).reshape(-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Connectivity masks: each returns a (units, k) long tensor of input indices, distinct per row.
+# Unit u is centred on input u % input_size, so every input centres the same number of units.
+# ----------------------------------------------------------------------------------------------
+def input_coords(env: str) -> torch.Tensor:
+    """(input_size, 3) tensor of (channel, row, col) for each flat input index."""
+    c, r, q = torch.meshgrid(torch.arange(CHANNELS[env]), torch.arange(GRID), torch.arange(GRID),
+                             indexing="ij")
+    return torch.stack([c.reshape(-1), r.reshape(-1), q.reshape(-1)], 1)
+
+
+def unit_centres(cfg: Config) -> torch.Tensor:
+    return torch.arange(cfg.hidden_units) % cfg.input_size
+
+
+def dense_mask(cfg: Config) -> torch.Tensor:
+    return torch.arange(cfg.input_size).expand(cfg.dense_units, -1).clone()
+
+
+def spatial_mask(cfg: Config) -> torch.Tensor:
+    """The k inputs nearest each centre on the grid (Euclidean on row, col; all channels of a
+    location are equally near); ties go to the lower flat index, so the mask is deterministic."""
+    rc = input_coords(cfg.env)[:, 1:].float()
+    dist = torch.cdist(rc, rc)  # (centre, input)
+    order = torch.argsort(dist, dim=1, stable=True)[:, : cfg.k]
+    return order[unit_centres(cfg)]
+
+
+def random_mask(cfg: Config, seed: int) -> torch.Tensor:
+    """k inputs drawn uniformly without replacement, independently for each neighbourhood."""
+    g = torch.Generator().manual_seed(_seed(seed, "random-mask"))
+    keys = torch.rand(cfg.input_size, cfg.input_size, generator=g)
+    return torch.argsort(keys, dim=1)[:, : cfg.k][unit_centres(cfg)]
+
+
+def top_k_by_magnitude(weights: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """Indices of the k largest |w| in each row. Exact ties (inputs never seen, weights still 0)
+    are broken uniformly at random, so no corner of the grid is favoured."""
+    g = torch.Generator().manual_seed(_seed(seed, "tie-break"))
+    perm = torch.argsort(torch.rand(weights.shape, generator=g), dim=1)
+    shuffled = weights.abs().gather(1, perm)
+    order = torch.argsort(shuffled, dim=1, descending=True, stable=True)[:, :k]
+    return perm.gather(1, order)
+
+
+def pan_weights(transitions: Iterable[tuple[np.ndarray, np.ndarray, bool]], input_size: int,
+                gamma: float, lam: float, step_size: float, log_every: int = 1_000):
+    """Prediction Adapted Neighbourhoods' predictors: one linear GVF per cumulant input c, predicting
+    the discounted future of o[c] from the whole observation (no bias), all learned together by
+    TD(lambda) with accumulating traces. Because every GVF shares features, gamma and lambda, one
+    trace vector serves them all and an update is one outer product.
+
+    transitions yields (o, o_next, terminal); at a terminal step the predictors do not bootstrap and
+    the trace restarts. Returns the (cumulant, input) weight matrix and the mean squared TD error
+    per `log_every` steps as [(step, mse), ...]."""
+    w = np.zeros((input_size, input_size), np.float64)
+    z = np.zeros(input_size, np.float64)
+    log, err_sum = [], 0.0
+    for t, (o, o_next, terminal) in enumerate(transitions, 1):
+        o = o.astype(np.float64)
+        o_next = o_next.astype(np.float64)
+        bootstrap = 0.0 if terminal else gamma * (w @ o_next)
+        delta = o_next + bootstrap - w @ o
+        z = gamma * lam * z + o
+        w += step_size * np.outer(delta, z)
+        err_sum += float(delta @ delta) / input_size
+        if terminal:
+            z[:] = 0.0
+        if t % log_every == 0:
+            log.append((t, err_sum / log_every))
+            err_sum = 0.0
+    return torch.from_numpy(w).float(), log
+
+
+def random_policy_transitions(cfg: Config, seed: int, frames: int) -> Iterator:
+    env = make_env(cfg, _seed(seed, "pan-env"))
+    rng = np.random.default_rng(_seed(seed, "pan-policy"))
+    o = observe(env)
+    for _ in range(frames):
+        _, terminal = env.act(int(rng.integers(NUM_ACTIONS)))
+        o_next = observe(env)
+        yield o, o_next, terminal
+        if terminal:
+            env.reset()
+            o_next = observe(env)
+        o = o_next
+
+
+@functools.lru_cache(maxsize=64)
+def _pan(env: str, seed: int, frames: int, gamma: float, lam: float, step: float,
+         sticky: float, ramping: bool):
+    cfg = Config(env=env, sticky_action_prob=sticky, difficulty_ramping=ramping)
+    return pan_weights(random_policy_transitions(cfg, seed, frames), cfg.input_size, gamma, lam, step)
+
+
+def predictive_mask(cfg: Config, seed: int) -> tuple[torch.Tensor, list]:
+    """PAN neighbourhoods: for each centre c, the k inputs with the largest |w| in c's predictor,
+    trained on `pan_frames` frames of a uniformly random policy, then fixed. Returns the mask and
+    the predictors' TD-error curve."""
+    w, log = _pan(cfg.env, seed, cfg.pan_frames, cfg.pan_gamma, cfg.pan_lambda, cfg.pan_step_size,
+                  cfg.sticky_action_prob, cfg.difficulty_ramping)
+    return top_k_by_magnitude(w, cfg.k, seed)[unit_centres(cfg)], log
+
+
+def l1_mask(hidden_weights: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """The L1 mask: the k largest |w| of each unit of a trained dense L1 layer (units, inputs)."""
+    return top_k_by_magnitude(hidden_weights, k, seed)
+
+
+# ----------------------------------------------------------------------------------------------
+# The sparse Q-network, batched over a population: leading dimension N is the agent.
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SparsePlan:
+    """A population's masks laid out for the kernels: built once, reused by every forward."""
+    flat: torch.Tensor  # (N * units, k): rows of the (N * inputs, batch) input table
+    pattern: torch.Tensor  # sparse CSR (N * units, N * inputs): where the weight gradient lives
+    inputs: int
+
+
+def sparse_plan(index: torch.Tensor, inputs: int) -> SparsePlan:
+    """Plan for masks index (N, units, k) over `inputs` inputs per agent."""
+    n, u, k = index.shape
+    flat = (index + torch.arange(n, device=index.device).view(n, 1, 1) * inputs).view(n * u, k)
+    crow = torch.arange(0, n * u * k + 1, k, device=index.device)
+    with warnings.catch_warnings():  # sparse CSR is "beta" in torch; we rely only on sampled_addmm
+        warnings.simplefilter("ignore", UserWarning)
+        pattern = torch.sparse_csr_tensor(crow, flat.reshape(-1), torch.zeros(n * u * k, device=index.device),
+                                          (n * u, n * inputs), check_invariants=False)
+    return SparsePlan(flat, pattern, inputs)
+
+
+class _SparseLinear(torch.autograd.Function):
+    """out[n, u, b] = sum_j weight[n, u, j] * x[n, b, index[n, u, j]].
+
+    Forward gathers the k inputs of each unit (embedding_bag, one fused kernel); the weight
+    gradient is a sampled dense-dense product at the mask's nonzeros (sampled_addmm). Both cost
+    O(units * k * batch), never O(units * inputs * batch)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, plan):
+        n, b, d = x.shape
+        u, k = weight.shape[1:]
+        table = x.transpose(1, 2).reshape(n * d, b).contiguous()  # embedding_bag wants rows
+        out = F.embedding_bag(plan.flat, table, mode="sum", per_sample_weights=weight.reshape(n * u, k))
+        ctx.save_for_backward(table, weight)
+        ctx.plan = plan
+        return out.view(n, u, b)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        table, weight = ctx.saved_tensors
+        plan = ctx.plan
+        n, u, k = weight.shape
+        b = table.shape[1]
+        grad_out = grad_out.reshape(n * u, b).contiguous()
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[1]:
+            rows = table.T.contiguous()  # (batch, N * inputs)
+            grad_w = torch.sparse.sampled_addmm(plan.pattern.to(grad_out.dtype), grad_out, rows, beta=0.0)
+            grad_w = grad_w.values().view(n, u, k)
+        if ctx.needs_input_grad[0]:
+            contrib = weight.reshape(n * u, k, 1) * grad_out.view(n * u, 1, b)
+            grad_table = torch.zeros_like(table).index_add_(0, plan.flat.reshape(-1), contrib.view(-1, b))
+            grad_x = grad_table.view(n, plan.inputs, b).transpose(1, 2)
+        return grad_x, grad_w, None
+
+
+def sparse_linear(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor | SparsePlan) -> torch.Tensor:
+    """Each unit sees only its k inputs. x (N, B, inputs), weight and mask (N, units, k) ->
+    (N, units, B). Equal to x @ dense-masked weight, in values and gradients."""
+    plan = mask if isinstance(mask, SparsePlan) else sparse_plan(mask, x.shape[2])
+    return _SparseLinear.apply(x, weight, plan)
+
+
+def init_params(cfg: Config, seed: int, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """One agent's initial parameters, PyTorch's default Linear/Conv init (uniform +-1/sqrt(fan_in)),
+    drawn from the agent's own stream so that populations are reproducible member by member."""
+    g = torch.Generator().manual_seed(_seed(seed, "init"))
+
+    def uniform(shape, fan_in):
+        return (torch.rand(shape, generator=g) * 2 - 1) / math.sqrt(fan_in)
+
+    if cfg.arch == "minatar_cnn":
+        c = cfg.channels
+        return {"conv_w": uniform((16, c, 3, 3), c * 9), "conv_b": uniform((16,), c * 9),
+                "fc_w": uniform((128, 1024), 1024), "fc_b": uniform((128,), 1024),
+                "head_w": uniform((NUM_ACTIONS, 128), 128), "head_b": uniform((NUM_ACTIONS,), 128)}
+    units, k = mask.shape
+    return {"index": mask, "hidden_w": uniform((units, k), k), "hidden_b": uniform((units,), k),
+            "head_w": uniform((NUM_ACTIONS, units), units),
+            "head_b": uniform((NUM_ACTIONS,), units)}
+
+
+HIDDEN_PARAMS = {"conv_w", "conv_b", "fc_w", "fc_b", "hidden_w", "hidden_b"}
+
+
+def q_values(params: dict[str, torch.Tensor], x: torch.Tensor, plan: SparsePlan | None = None) -> torch.Tensor:
+    """Q-values (N, B, actions) of a population's networks on observations x (N, B, inputs);
+    plan, when given, is sparse_plan(params["index"], inputs), saved from an earlier call."""
+    if "conv_w" in params:
+        n, b, _ = x.shape
+        channels = params["conv_w"].shape[2]
+        grouped = x.view(n, b, channels, GRID, GRID).transpose(0, 1).reshape(b, n * channels, GRID, GRID)
+        conv = F.conv2d(grouped, params["conv_w"].flatten(0, 1), params["conv_b"].flatten(), groups=n)
+        feats = F.relu(conv).view(b, n, -1).transpose(0, 1)  # (N, B, 1024)
+        hidden = F.relu(torch.baddbmm(params["fc_b"].unsqueeze(1), feats, params["fc_w"].transpose(1, 2)))
+    else:
+        pre = sparse_linear(x, params["hidden_w"], plan or params["index"])
+        hidden = F.relu(pre + params["hidden_b"].unsqueeze(2)).transpose(1, 2)  # (N, B, units)
+    # (N, B, units) @ (N, units, A): of the bmm layouts, the one whose per-agent results do not
+    # depend on N, in values and gradients, so that populations match runs alone bit for bit.
+    return torch.baddbmm(params["head_b"].unsqueeze(1), hidden, params["head_w"].transpose(1, 2))
+
+
+# ----------------------------------------------------------------------------------------------
+# Replay: one ring per agent, all written in lockstep; observations stored bit-packed.
+# ----------------------------------------------------------------------------------------------
+class Replay:
+    def __init__(self, agents: int, capacity: int, input_size: int, device: torch.device):
+        nbytes = (input_size + 7) // 8
+        self.capacity, self.input_size, self.size, self.pos = capacity, input_size, 0, 0
+        self.obs = torch.zeros(agents, capacity, nbytes, dtype=torch.uint8, device=device)
+        self.next_obs = torch.zeros_like(self.obs)
+        self.action = torch.zeros(agents, capacity, dtype=torch.long, device=device)
+        self.reward = torch.zeros(agents, capacity, device=device)
+        self.done = torch.zeros(agents, capacity, device=device)
+        self._shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=device)
+
+    def add(self, obs_packed, action, reward, next_packed, done):
+        i = self.pos
+        self.obs[:, i], self.next_obs[:, i] = obs_packed, next_packed
+        self.action[:, i], self.reward[:, i], self.done[:, i] = action, reward, done
+        self.pos = (i + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+        bits = (packed.unsqueeze(-1) >> self._shifts) & 1
+        return bits.flatten(-2)[..., : self.input_size].float()
+
+    def sample(self, agents: torch.Tensor, idx: torch.Tensor):
+        """Transitions idx (n, B) of the given agents (n,), observations unpacked to float."""
+        rows = agents.unsqueeze(1)
+        return (self.unpack(self.obs[rows, idx]), self.action[rows, idx], self.reward[rows, idx],
+                self.unpack(self.next_obs[rows, idx]), self.done[rows, idx])
+
+
+# ----------------------------------------------------------------------------------------------
+# Population training
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class RunResult:
+    """One agent's run: its per-episode records and what was measured along the way."""
+    config: Config
+    seed: int
+    episode_frames: list[int]
+    episode_returns: list[float]
+    sparsity: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    pan_td_error: list[tuple[int, float]] = dataclasses.field(default_factory=list)
+    mask: list[list[int]] | None = None
+    wall_seconds: float = 0.0
+    code_version: str = CODE_VERSION
+    params: dict | None = dataclasses.field(default=None, repr=False, compare=False)
+    """Final network parameters, in memory only: a run loaded from the store has none."""
+
+    def final_return(self, last: int = 100) -> float:
+        tail = self.episode_returns[-last:]
+        return float(np.mean(tail)) if tail else float("nan")
+
+    def to_json(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "params"}
+        out["config"] = dataclasses.asdict(self.config)
+        return out
+
+    @classmethod
+    def from_json(cls, blob: dict) -> "RunResult":
+        blob = dict(blob, config=Config(**blob["config"]))
+        blob["sparsity"] = [tuple(r) for r in blob["sparsity"]]
+        blob["pan_td_error"] = [tuple(r) for r in blob["pan_td_error"]]
+        return cls(**blob)
+
+
+class CentredRMSprop:
+    """torch.optim.RMSprop(centered=True, momentum=0), step for step, except that the variance
+    estimate is clamped at zero before its square root. A weight whose gradient is constant (the
+    L1 term alone, on an input never seen) makes mean-square minus squared-mean round below zero,
+    and torch's version then writes NaN into that weight."""
+
+    def __init__(self, params: list[torch.Tensor], lr: float, alpha: float, eps: float):
+        self.params, self.lr, self.alpha, self.eps = params, lr, alpha, eps
+        self.square_avg = [torch.zeros_like(p) for p in params]
+        self.grad_avg = [torch.zeros_like(p) for p in params]
+
+    @torch.no_grad()
+    def step(self):
+        for p, sq, mean in zip(self.params, self.square_avg, self.grad_avg):
+            g = p.grad
+            sq.mul_(self.alpha).addcmul_(g, g, value=1 - self.alpha)
+            mean.lerp_(g, 1 - self.alpha)
+            avg = sq.addcmul(mean, mean, value=-1).clamp_min_(0).sqrt_().add_(self.eps)
+            p.addcdiv_(g, avg, value=-self.lr)
+            p.grad = None
+
+
+class _Group:
+    """Agents of a population whose networks share shapes and regime: one set of batched tensors,
+    one optimiser. Frozen hidden tensors are plain tensors: no gradient, no optimiser state."""
+
+    def __init__(self, members: list[int], cfgs: list[Config], params: list[dict], device):
+        self.members = torch.tensor(members, device=device)
+        self.frozen = cfgs[0].regime == "frozen"
+        stacked = {name: torch.stack([p[name] for p in params]).to(device) for name in params[0]}
+        for name, tensor in stacked.items():
+            learns = name in ("head_w", "head_b") or (not self.frozen and name in HIDDEN_PARAMS)
+            tensor.requires_grad_(learns)
+        self.params = stacked
+        self.plan = sparse_plan(stacked["index"], cfgs[0].input_size) if "index" in stacked else None
+        self.target = {n: t.detach().clone() if t.requires_grad else t for n, t in stacked.items()}
+        c = cfgs[0]
+        self.optimizer = CentredRMSprop([t for t in stacked.values() if t.requires_grad],
+                                        lr=c.lr, alpha=c.rms_alpha, eps=c.rms_eps)
+        coefs = [cf.l1_coef if (cf.arch == "l1" and not self.frozen) else 0.0 for cf in cfgs]
+        self.l1_coef = torch.tensor(coefs, device=device) if any(coefs) else None
+
+    def update(self, batch, gamma: float):
+        obs, action, reward, next_obs, done = batch
+        q = q_values(self.params, obs, self.plan).gather(2, action.unsqueeze(2)).squeeze(2)
+        with torch.no_grad():
+            target = reward + gamma * (1 - done) * q_values(self.target, next_obs, self.plan).amax(2)
+        loss = F.smooth_l1_loss(q, target, reduction="none").mean(1).sum()
+        if self.l1_coef is not None:
+            loss = loss + (self.l1_coef * self.params["hidden_w"].abs().sum((1, 2))).sum()
+        loss.backward()
+        self.optimizer.step()
+
+    def sync_target(self):
+        with torch.no_grad():
+            for name, tensor in self.params.items():
+                if tensor.requires_grad:
+                    self.target[name].copy_(tensor)
+
+
+def epsilon(cfg: Config, frame: int) -> float:
+    if frame < cfg.learning_starts:
+        return 1.0
+    if cfg.eps_decay_frames == 0:
+        return cfg.eps_end
+    progress = min(1.0, (frame - cfg.learning_starts) / cfg.eps_decay_frames)
+    return cfg.eps_start + progress * (cfg.eps_end - cfg.eps_start)
+
+
+def _check_population(agents: Sequence[tuple[Config, int]]):
+    first = agents[0][0]
+    for cfg, _ in agents[1:]:
+        for name in SHARED_FIELDS:
+            if getattr(cfg, name) != getattr(first, name):
+                raise ValueError(f"{name}={getattr(cfg, name)!r} differs within one population "
+                                 f"(another agent has {getattr(first, name)!r}); allowed to differ: "
+                                 "arch, regime, hidden_units, fan_in, pan_*, l1_coef")
+
+
+def build_mask(cfg: Config, seed: int, learned_l1_mask: torch.Tensor | None = None):
+    """The (units, k) mask of one agent, and the PAN TD-error curve for predictive masks. A frozen
+    L1 agent takes the L1 mask of the learned L1 run of its game and seed."""
+    if cfg.arch == "dense":
+        return dense_mask(cfg), []
+    if cfg.arch == "random":
+        return random_mask(cfg, seed), []
+    if cfg.arch == "spatial":
+        return spatial_mask(cfg), []
+    if cfg.arch == "predictive":
+        return predictive_mask(cfg, seed)
+    if cfg.arch == "l1" and cfg.regime == "learned":
+        return torch.arange(cfg.input_size).expand(cfg.hidden_units, -1).clone(), []
+    if cfg.arch == "l1":
+        if learned_l1_mask is None:
+            raise ValueError("arch='l1' with regime='frozen' needs the learned L1 run's mask")
+        return learned_l1_mask, []
+    return None, []
+
+
+def train_population(agents: Sequence[tuple[Config, int]], progress: bool = True,
+                     l1_masks: dict[tuple[Config, int], torch.Tensor] | None = None) -> list[RunResult]:
+    """Train agents (config, seed) of one game in lockstep: one env step each per frame, one update
+    each per frame after learning starts. Each agent has its own seeded env, replay ring, weights,
+    optimiser state and random stream, so its results do not depend on who shares the population."""
+    _check_population(agents)
+    cfg0 = agents[0][0]
+    device = torch.device(cfg0.device)
+    n = len(agents)
+    start = time.perf_counter()
+
+    masks, pan_logs, params = [], [], []
+    for cfg, seed in agents:
+        mask, log = build_mask(cfg, seed, (l1_masks or {}).get((cfg, seed)))
+        masks.append(mask)
+        pan_logs.append(log)
+        params.append(init_params(cfg, seed, mask))
+    by_shape = defaultdict(list)
+    for i, (cfg, _) in enumerate(agents):
+        by_shape[(cfg.arch == "minatar_cnn", cfg.layer_shape, cfg.regime)].append(i)
+    groups = [_Group(ix, [agents[i][0] for i in ix], [params[i] for i in ix], device)
+              for ix in by_shape.values()]
+    l1_agents = [(g, j, i) for g in groups for j, i in enumerate(g.members.tolist())
+                 if agents[i][0].arch == "l1" and not g.frozen]
+
+    envs = [make_env(cfg, _seed(seed, "env")) for cfg, seed in agents]
+    rngs = [np.random.default_rng(_seed(seed, "agent")) for _, seed in agents]
+    replay = Replay(n, cfg0.replay_size, cfg0.input_size, device)
+    obs = np.stack([observe(e) for e in envs])
+    episode_return = np.zeros(n)
+    episodes = [([], []) for _ in range(n)]
+    sparsity = [[] for _ in range(n)]
+    updates = 0
+
+    bar = _progress(cfg0.frames, n, progress)
+    for frame in range(cfg0.frames):
+        eps = epsilon(cfg0, frame)
+        explore = [rng.random() < eps for rng in rngs]
+        actions = np.array([int(rng.integers(NUM_ACTIONS)) if ex else 0
+                            for rng, ex in zip(rngs, explore)])
+        if not all(explore):
+            with torch.no_grad():
+                x = torch.from_numpy(obs).to(device).float().unsqueeze(1)
+                for g in groups:
+                    greedy = q_values(g.params, x[g.members], g.plan).squeeze(1).argmax(1).cpu().numpy()
+                    for j, i in enumerate(g.members.tolist()):
+                        if not explore[i]:
+                            actions[i] = greedy[j]
+
+        rewards, dones, next_obs = np.zeros(n, np.float32), np.zeros(n, np.float32), np.empty_like(obs)
+        for i, env in enumerate(envs):
+            r, terminal = env.act(int(actions[i]))
+            rewards[i], dones[i] = r, terminal
+            next_obs[i] = observe(env)
+        replay.add(*(torch.from_numpy(a).to(device) for a in
+                     (np.packbits(obs, axis=1), actions, rewards, np.packbits(next_obs, axis=1), dones)))
+        episode_return += rewards
+        for i in np.flatnonzero(dones):
+            episodes[i][0].append(frame + 1)
+            episodes[i][1].append(float(episode_return[i]))
+            episode_return[i] = 0.0
+            envs[i].reset()
+            next_obs[i] = observe(envs[i])
+        obs = next_obs
+
+        if frame >= cfg0.learning_starts:
+            idx = torch.from_numpy(np.stack([rng.integers(0, replay.size, cfg0.batch_size)
+                                             for rng in rngs])).to(device)
+            for g in groups:
+                g.update(replay.sample(g.members, idx[g.members]), cfg0.gamma)
+            updates += 1
+            if updates % cfg0.target_update == 0:
+                for g in groups:
+                    g.sync_target()
+
+        if (frame + 1) % cfg0.log_every == 0 or frame + 1 == cfg0.frames:
+            for g, j, i in l1_agents:
+                w = g.params["hidden_w"][j].detach()
+                sparsity[i].append((frame + 1, float((w.abs() < cfg0.sparsity_threshold).float().mean())))
+        if bar is not None and ((frame + 1) % 500 == 0 or frame + 1 == cfg0.frames):
+            recent = [np.mean(e[1][-100:]) for e in episodes if e[1]]
+            bar.update(frame + 1 - bar.n)
+            bar.set_postfix(ret=f"{np.mean(recent):.2f}" if recent else "-", refresh=False)
+    if bar is not None:
+        bar.close()
+
+    wall = time.perf_counter() - start
+    results = []
+    for i, (cfg, seed) in enumerate(agents):
+        g, j = next((g, j) for g in groups for j, a in enumerate(g.members.tolist()) if a == i)
+        final = {name: t[j].detach().cpu().clone() for name, t in g.params.items()}
+        mask = None
+        if cfg.arch == "l1" and cfg.regime == "learned":
+            mask = l1_mask(final["hidden_w"], cfg.k, seed).tolist()
+        results.append(RunResult(cfg, seed, episodes[i][0], episodes[i][1], sparsity[i],
+                                 pan_logs[i], mask, wall, params=final))
+    return results
+
+
+def _progress(frames: int, agents: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm  # plain-text bar: works in terminals, logs and papermill alike
+
+    return tqdm(total=frames, unit="frame", desc=f"{agents} agent{'s' * (agents > 1)}",
+                mininterval=2.0, file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------------------------
+# Result store and the one entry point
+# ----------------------------------------------------------------------------------------------
+def result_path(results_dir: Path, cfg: Config, seed: int) -> Path:
+    return Path(results_dir) / cfg.key() / f"seed_{seed}.json"
+
+
+def _write_atomic(path: Path, blob: dict):
+    """Write to a temporary file beside the target, then rename: a reader sees all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(blob, f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def load_run(results_dir: Path, cfg: Config, seed: int) -> RunResult | None:
+    path = result_path(results_dir, cfg, seed)
+    if not path.exists():
+        return None
+    return RunResult.from_json(json.loads(path.read_text()))
+
+
+def train(configs: Config | Sequence[Config], seeds: Sequence[int], results_dir: str | Path | None = None,
+          progress: bool = True) -> list[RunResult]:
+    """Train every (config, seed) pair of one game as one population and return their results.
+
+    With results_dir, completed runs are loaded instead of recomputed, and new ones are saved there
+    atomically. Frozen L1 agents first need the learned L1 run of the same game and seed: it is
+    loaded, or trained in the same call."""
+    configs = [configs] if isinstance(configs, Config) else list(configs)
+    wanted = [(cfg, int(s)) for cfg in configs for s in seeds]
+    if not wanted:
+        raise ValueError("seeds=[] is not allowed; expected at least one seed")
+    _check_population(wanted)
+    done = {}
+    if results_dir is not None:
+        for cfg, seed in wanted:
+            run = load_run(results_dir, cfg, seed)
+            if run is not None:
+                done[(cfg, seed)] = run
+
+    def needs_l1_source(cfg):
+        return cfg.arch == "l1" and cfg.regime == "frozen"
+
+    sources = {(dataclasses.replace(cfg, regime="learned"), s) for cfg, s in wanted
+               if needs_l1_source(cfg) and (cfg, s) not in done}
+    for src in sources:
+        if src not in done and results_dir is not None:
+            run = load_run(results_dir, *src)
+            if run is not None:
+                done[src] = run
+    first = [a for a in dict.fromkeys(wanted + sorted(sources, key=str))
+             if a not in done and not needs_l1_source(a[0])]
+    for pair, run in zip(first, train_population(first, progress) if first else []):
+        done[pair] = _save(results_dir, run)
+    second = [a for a in wanted if a not in done]
+    if second:
+        masks = {a: torch.tensor(done[(dataclasses.replace(a[0], regime="learned"), a[1])].mask)
+                 for a in second}
+        for pair, run in zip(second, train_population(second, progress, masks)):
+            done[pair] = _save(results_dir, run)
+    return [done[a] for a in wanted]
+
+
+def _save(results_dir, run: RunResult) -> RunResult:
+    if results_dir is not None:
+        _write_atomic(result_path(results_dir, run.config, run.seed), run.to_json())
+    return run
+
+
+def episodes_frame(runs: Iterable[RunResult]):
+    """Tidy per-episode table: one row per (run, episode) with the agent's config and seed."""
+    import pandas as pd
+
+    rows = []
+    for run in runs:
+        c = run.config
+        for i, (frame, ret) in enumerate(zip(run.episode_frames, run.episode_returns)):
+            rows.append((c.env, c.arch, c.regime, run.seed, i, frame, ret, c.key()))
+    return pd.DataFrame(rows, columns=["env", "arch", "regime", "seed", "episode", "frame",
+                                       "return", "key"])
+
+
+def load_results(results_dir: str | Path):
+    """Every completed run under results_dir, as a tidy per-episode DataFrame."""
+    runs = [RunResult.from_json(json.loads(p.read_text()))
+            for p in sorted(Path(results_dir).glob("*/seed_*.json"))]
+    return episodes_frame(runs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2: no usage dump, no traceback
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean value: {text!r} (use true or false)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sparse_dqn.py", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    tr = sub.add_parser("train", help="train a population and write its results",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(Config):
+        kind = _bool if f.type in (bool, "bool") else type(f.default)
+        extra = {"choices": {"env": list(CHANNELS), "arch": ARCHS, "regime": REGIMES}[f.name]} \
+            if f.name in ("env", "arch", "regime") else {}
+        tr.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=f.default,
+                        help=f.metadata["doc"], **extra)
+    tr.add_argument("--seeds", type=int, nargs="+", default=[0], help="agent seeds")
+    tr.add_argument("--out", type=Path, default=Path("results"), help="results directory")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)}
+    try:
+        cfg = Config(**fields)
+    except ValueError as err:
+        parser.error(str(err))
+    runs = train(cfg, args.seeds, args.out, progress=not args.no_progress)
+    for run in runs:
+        print(f"{cfg.env} {cfg.arch} {cfg.regime} seed {run.seed}: {len(run.episode_returns)} episodes, "
+              f"mean return of the last 100 = {run.final_return():.2f} -> "
+              f"{result_path(args.out, cfg, run.seed)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
