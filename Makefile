@@ -18,8 +18,11 @@ $(VENV)/.installed: requirements.txt
 test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
+book: $(VENV)/.installed
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) tools/build_book.py --profile $(PROFILE)
+
 bench: $(VENV)/.installed
 	$(PY) benchmarks/throughput.py --json benchmarks/throughput.json
 
 clean:
-	rm -rf _build .pytest_cache
+	rm -rf _build executed _static .pytest_cache

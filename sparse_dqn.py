@@ -56,7 +56,7 @@ class Config:
     pan_frames: int = _field(50_000, "random-policy frames that train PAN's predictors (not in `frames`)")
     pan_gamma: float = _field(0.99, "discount of PAN's predictors (PAN's own value)")
     pan_lambda: float = _field(0.8, "trace decay of PAN's TD(lambda) (PAN's own value)")
-    pan_step_size: float = _field(1e-3, "step size of PAN's TD(lambda); chosen by measured TD error")
+    pan_step_size: float = _field(3e-3, "step size of PAN's TD(lambda); least TD error of 1e-4..1e-2, both games")
     l1_coef: float = _field(1e-5, "L1 penalty on hidden weights, per agent (arch l1, learned)")
     sparsity_threshold: float = _field(1e-3, "|w| below this counts as zero in effective sparsity")
     log_every: int = _field(10_000, "frames between effective-sparsity records")
@@ -753,6 +753,150 @@ def load_results(results_dir: str | Path):
     runs = [RunResult.from_json(json.loads(p.read_text()))
             for p in sorted(Path(results_dir).glob("*/seed_*.json"))]
     return episodes_frame(runs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Profiles and analysis, shared by the book's notebooks
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Profile:
+    """How much the book trains. Shorter profiles shrink the DQN schedule with the frame budget so
+    that a short run still explores, learns and refreshes its target; `paper` is the reference."""
+    frames: int
+    seeds: tuple[int, ...]
+    schedule: dict = dataclasses.field(default_factory=dict)
+    l1_coefs: tuple[float, ...] = (1e-6, 1e-5, 1e-4)
+
+
+PROFILES = {
+    "smoke": Profile(800, (0,), dict(learning_starts=200, eps_decay_frames=300, replay_size=800,
+                                     target_update=100, pan_frames=1_000, hidden_units=400,
+                                     log_every=200), l1_coefs=(1e-5, 1e-3)),
+    "quick": Profile(10_000, (0, 1), dict(learning_starts=1_000, eps_decay_frames=5_000,
+                                          replay_size=10_000, target_update=250, pan_frames=20_000,
+                                          log_every=1_000)),
+    "paper": Profile(5_000_000, tuple(range(30)), l1_coefs=(1e-6, 1e-5, 1e-4, 1e-3)),
+}
+
+
+def profile_config(profile: str, **fields) -> Config:
+    """The Config of one run of a book profile; fields override the profile's schedule."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile={profile!r} is not allowed; expected one of {', '.join(PROFILES)}")
+    p = PROFILES[profile]
+    return Config(**{"frames": p.frames, **p.schedule, **fields})
+
+
+def train_profile(profile: str, envs: Sequence[str], archs: Sequence[str], regimes: Sequence[str],
+                  results_dir: str | Path, seeds: Sequence[int] | None = None, frames: int | None = None,
+                  progress: bool = True, **fields):
+    """Train (or load from results_dir) every env x arch x regime of a book profile; each game is
+    one population. Returns the tidy per-episode DataFrame."""
+    profile_config(profile)  # rejects an unknown profile
+    seeds = list(seeds or PROFILES[profile].seeds)
+    over = dict(fields, **({"frames": frames} if frames else {}))
+    runs = []
+    for env in envs:
+        configs = [profile_config(profile, env=env, arch=a, regime=r, **over) for r in regimes for a in archs]
+        runs += train(configs, seeds, results_dir, progress)
+    return episodes_frame(runs)
+
+
+def final_returns(df, last: int = 100):
+    """Final performance per run: mean return of its last `last` episodes."""
+    tail = df.sort_values("episode").groupby(["env", "arch", "regime", "key", "seed"]).tail(last)
+    return tail.groupby(["env", "arch", "regime", "key", "seed"], as_index=False)["return"].mean()
+
+
+def bootstrap_ci(values, statistic=np.mean, level: float = 0.95, seed: int = 0):
+    """Percentile bootstrap interval (scipy) of a statistic over seeds; NaNs with fewer than 2."""
+    from scipy.stats import bootstrap
+
+    values = [np.asarray(v, float) for v in (values if isinstance(values, tuple) else (values,))]
+    if min(len(v) for v in values) < 2:
+        return float("nan"), float("nan")
+    res = bootstrap(tuple(values), statistic, confidence_level=level, method="percentile",
+                    n_resamples=2_000, rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def final_table(df, last: int = 100):
+    """Mean final return over seeds with its 95% bootstrap interval, per env, regime and arch."""
+    import pandas as pd
+
+    rows = []
+    for (env, regime, arch), g in final_returns(df, last).groupby(["env", "regime", "arch"]):
+        lo, hi = bootstrap_ci(g["return"].to_numpy())
+        rows.append((env, regime, arch, len(g), g["return"].mean(), lo, hi))
+    return pd.DataFrame(rows, columns=["env", "regime", "arch", "seeds", "final return", "ci low", "ci high"])
+
+
+def difference(df, env: str, regime: str, a: str, b: str, last: int = 100):
+    """Mean final return of arch a minus arch b, with a 95% bootstrap interval over seeds."""
+    finals = final_returns(df, last)
+    sel = finals[(finals.env == env) & (finals.regime == regime)]
+    x, y = (sel.loc[sel.arch == arch, "return"].to_numpy() for arch in (a, b))
+    if len(x) == 0 or len(y) == 0:
+        raise ValueError(f"no runs of arch={a if len(x) == 0 else b!r} for {env}, {regime}")
+    lo, hi = bootstrap_ci((x, y), statistic=lambda u, v, axis=-1: u.mean(axis) - v.mean(axis))
+    return float(x.mean() - y.mean()), lo, hi, float(abs(y.mean()))
+
+
+def verdict(diff: tuple, expect: str, tolerance: float = 0.1) -> str:
+    """Reads a difference (a - b, CI) against a claim: expect 'greater' (a beats b), 'no gain'
+    (a does not beat b by more than tolerance x |b|) or 'equal' (within tolerance x |b|)."""
+    mean, lo, hi, scale = diff
+    margin = tolerance * max(scale, 1e-9)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return "inconclusive at this scale"
+    if expect == "greater":
+        return "supports" if lo > 0 else "contradicts" if hi < 0 else "inconclusive at this scale"
+    if expect == "no gain":
+        return "supports" if hi < margin else "contradicts" if lo > 0 else "inconclusive at this scale"
+    if expect == "equal":
+        if -margin < lo and hi < margin:
+            return "supports"
+        return "contradicts" if lo > 0 or hi < 0 else "inconclusive at this scale"
+    raise ValueError(f"expect={expect!r} is not allowed; expected greater, no gain or equal")
+
+
+def learning_curves(df, points: int = 20):
+    """Per run, the mean return of the episodes that end in each of `points` equal frame bins:
+    the tidy input of a seaborn line plot whose band bootstraps over seeds."""
+    edges = np.linspace(0, df["frame"].max(), points + 1)
+    binned = df.assign(frame=edges[1:][np.clip(np.searchsorted(edges, df["frame"], "left") - 1, 0, points - 1)])
+    return binned.groupby(["env", "arch", "regime", "seed", "frame"], as_index=False)["return"].mean()
+
+
+def plot_mask(env: str, inputs: Sequence[int], centre: int | None, axes=None, title: str = ""):
+    """One neighbourhood as 10x10 panels, one per channel: inputs that are on in yellow, the
+    centre entry marked with a red X."""
+    import matplotlib.pyplot as plt
+
+    channels = CHANNELS[env]
+    if axes is None:
+        _, axes = plt.subplots(1, channels, figsize=(1.6 * channels, 1.9))
+    grid = np.zeros(channels * GRID * GRID)
+    grid[list(inputs)] = 1
+    grid = grid.reshape(channels, GRID, GRID)
+    names = channel_names(env)
+    for ch, ax in enumerate(axes):
+        ax.imshow(grid[ch], cmap="viridis", vmin=0, vmax=1)
+        if centre is not None and centre // (GRID * GRID) == ch:
+            ax.plot(centre % GRID, (centre // GRID) % GRID, "x", color="red", ms=9, mew=2.5)
+        ax.set_title(names[ch], fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        axes[0].figure.suptitle(title, fontsize=10)
+    return axes
+
+
+def channel_names(env: str) -> list[str]:
+    from minatar import Environment
+
+    names = Environment(env).env.channels
+    return sorted(names, key=names.get)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,114 @@
+"""Build the book: run every notebook with papermill, then compile it with Jupyter Book.
+
+    python tools/build_book.py --profile quick
+
+Each notebook runs into a staging folder and is copied into `executed/` only when papermill
+succeeded; a failing notebook stops the build with that cell's error, so no error page is ever
+published. The widget and MathJax JavaScript are fetched from npm into `_vendor` so the
+built book works offline; when npm is unreachable the book falls back to the CDN defaults.
+"""
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import papermill as pm
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import sparse_dqn as sd  # noqa: E402
+
+NPM_PACKAGES = ["@jupyter-widgets/html-manager@1.0.7", "requirejs@2.3.8", "mathjax@3.2.2"]
+VENDOR = ROOT / "_vendor"  # not _static: Jupyter Book would load every script in it
+
+
+def fetch_static() -> bool:
+    """Vendor the widget manager, RequireJS and MathJax from npm; False when npm fails."""
+    if (VENDOR / ".complete").exists():
+        return True
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            subprocess.run(["npm", "install", "--no-save", "--no-audit", "--no-fund", "--prefix", tmp,
+                            *NPM_PACKAGES], check=True, capture_output=True, timeout=300)
+        except (OSError, subprocess.SubprocessError) as err:
+            print(f"warning: npm could not fetch the book's JavaScript ({err}); the book will load "
+                  "widgets and MathJax from their CDNs and needs the internet", file=sys.stderr)
+            return False
+        modules = Path(tmp) / "node_modules"
+        shutil.rmtree(VENDOR, ignore_errors=True)
+        shutil.copytree(modules / "@jupyter-widgets/html-manager/dist", VENDOR / "html-manager",
+                        ignore=shutil.ignore_patterns("*.map"))
+        shutil.copy(modules / "requirejs/require.js", VENDOR / "require.js")
+        shutil.copytree(modules / "mathjax/es5", VENDOR / "mathjax")
+    (VENDOR / ".complete").touch()
+    return True
+
+
+def run_notebooks(profile: str, staging: Path, executed: Path, results_dir: Path) -> dict:
+    timings = {}
+    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        out = staging / nb.name
+        print(f"== {nb.stem} (profile {profile})", flush=True)
+        start = time.perf_counter()
+        try:
+            pm.execute_notebook(str(nb), str(out), parameters={"profile": profile, "results_dir": str(results_dir)},
+                                kernel_name="python3", cwd=str(ROOT), progress_bar=False, log_output=True)
+        except pm.PapermillExecutionError as err:
+            sys.exit(f"error: notebook {nb.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue}")
+        timings[nb.stem] = time.perf_counter() - start
+        book_copy = json.loads(out.read_text())
+        for cell in book_copy["cells"]:
+            tags = cell.get("metadata", {}).get("tags", [])
+            if "injected-parameters" in tags:
+                tags.append("remove-cell")
+        (executed / nb.name).write_text(json.dumps(book_copy))
+    return timings
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", default="quick", choices=list(sd.PROFILES))
+    parser.add_argument("--root", type=Path, default=ROOT,
+                        help="where the book is assembled, its results stored and built (default: the repo)")
+    args = parser.parse_args()
+
+    start = time.perf_counter()
+    root = args.root.resolve()
+    offline = fetch_static()
+    if root != ROOT:
+        for name in ("_config.yml", "_toc.yml", "book", "_vendor"):
+            src, dst = ROOT / name, root / name
+            if src.exists():
+                shutil.rmtree(dst, ignore_errors=True)
+                (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
+    executed = root / "executed"
+    shutil.rmtree(executed, ignore_errors=True)
+    executed.mkdir(parents=True)
+    (root / "_build").mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root / "_build") as staging:
+        timings = run_notebooks(args.profile, Path(staging), executed,
+                                root / "results" / args.profile)
+
+    command = ["jupyter-book", "build", str(root), "-W", "-n", "--keep-going"]
+    if not offline:
+        config = yaml.safe_load((root / "_config.yml").read_text())
+        for key in ("nb_ipywidgets_js", "mathjax_path"):
+            config["sphinx"]["config"].pop(key)
+        cdn = root / "_build" / "_config_cdn.yml"
+        cdn.write_text(yaml.safe_dump(config))
+        command += ["--config", str(cdn)]
+    if subprocess.run(command, cwd=root).returncode != 0:
+        sys.exit("error: jupyter-book build failed; its warnings are above")
+    timings["total (with book build)"] = time.perf_counter() - start
+    (root / "_build" / f"timings-{args.profile}.json").write_text(json.dumps(timings, indent=1))
+    print("wall-clock seconds:", json.dumps({k: round(v) for k, v in timings.items()}))
+    print(f"book: {root / '_build' / 'html' / 'index.html'}")
+
+
+if __name__ == "__main__":
+    main()
