@@ -378,9 +378,11 @@ def q_values(params: dict[str, torch.Tensor], x: torch.Tensor, plan: SparsePlan 
         conv = F.conv2d(grouped, params["conv_w"].flatten(0, 1), params["conv_b"].flatten(), groups=n)
         feats = F.relu(conv).view(b, n, -1).transpose(0, 1)  # (N, B, 1024)
         hidden = F.relu(torch.baddbmm(params["fc_b"].unsqueeze(1), feats, params["fc_w"].transpose(1, 2)))
-    else:
+    elif "index" in params:
         pre = sparse_linear(x, params["hidden_w"], plan or params["index"])
         hidden = F.relu(pre + params["hidden_b"].unsqueeze(2)).transpose(1, 2)  # (N, B, units)
+    else:  # a fully connected layer (dense, learned L1): one matmul beats any gather
+        hidden = F.relu(torch.baddbmm(params["hidden_b"].unsqueeze(1), x, params["hidden_w"].transpose(1, 2)))
     # (N, B, units) @ (N, units, A): of the bmm layouts, the one whose per-agent results do not
     # depend on N, in values and gradients, so that populations match runs alone bit for bit.
     return torch.baddbmm(params["head_b"].unsqueeze(1), hidden, params["head_w"].transpose(1, 2))
@@ -483,6 +485,9 @@ class _Group:
         self.members = torch.tensor(members, device=device)
         self.frozen = cfgs[0].regime == "frozen"
         stacked = {name: torch.stack([p[name] for p in params]).to(device) for name in params[0]}
+        index, inputs = stacked.get("index"), torch.arange(cfgs[0].input_size, device=device)
+        if index is not None and index.shape[-1] == len(inputs) and bool((index == inputs).all()):
+            del stacked["index"]  # every unit sees every input, in order: a plain matmul
         for name, tensor in stacked.items():
             learns = name in ("head_w", "head_b") or (not self.frozen and name in HIDDEN_PARAMS)
             tensor.requires_grad_(learns)
@@ -808,12 +813,13 @@ def final_returns(df, last: int = 100):
     return tail.groupby(["env", "arch", "regime", "key", "seed"], as_index=False)["return"].mean()
 
 
-def bootstrap_ci(values, statistic=np.mean, level: float = 0.95, seed: int = 0):
-    """Percentile bootstrap interval (scipy) of a statistic over seeds; NaNs with fewer than 2."""
+def bootstrap_ci(values, statistic=np.mean, level: float = 0.95, seed: int = 0, min_seeds: int = 3):
+    """Percentile bootstrap interval (scipy) of a statistic over seeds. With fewer than min_seeds
+    per sample it returns NaNs: resampling two numbers gives an interval in name only."""
     from scipy.stats import bootstrap
 
     values = [np.asarray(v, float) for v in (values if isinstance(values, tuple) else (values,))]
-    if min(len(v) for v in values) < 2:
+    if min(len(v) for v in values) < min_seeds:
         return float("nan"), float("nan")
     res = bootstrap(tuple(values), statistic, confidence_level=level, method="percentile",
                     n_resamples=2_000, rng=np.random.default_rng(seed))

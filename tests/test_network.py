@@ -55,3 +55,14 @@ def test_centred_rmsprop_matches_torch_and_survives_constant_gradients():
         constant.grad = torch.full((1000,), 1e-3)
         opt.step()
     assert torch.isfinite(constant).all()
+
+
+def test_dense_layers_take_the_matmul_path_and_agree_with_the_gather_path():
+    cfg = sd.Config(arch="dense")
+    mask, _ = sd.build_mask(cfg, 0)
+    params = {k: v.unsqueeze(0) for k, v in sd.init_params(cfg, 0, mask).items()}
+    x = (torch.rand(1, 9, cfg.input_size) < 0.1).float()
+    gathered = sd.q_values(params, x)
+    group = sd._Group([0], [cfg], [sd.init_params(cfg, 0, mask)], torch.device("cpu"))
+    assert "index" not in group.params
+    torch.testing.assert_close(sd.q_values(group.params, x), gathered)

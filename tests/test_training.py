@@ -53,8 +53,9 @@ def test_frozen_l1_uses_the_learned_l1_mask_with_fresh_weights(tmp_path):
     assert frozen.params["hidden_w"].abs().max() <= 1 / np.sqrt(k)
 
 
-def test_population_of_three_equals_three_separate_runs():
-    pop = [(tiny(arch="spatial"), 0), (tiny(arch="spatial"), 1), (tiny(arch="random", regime="frozen"), 2)]
+def test_population_equals_separate_runs():
+    pop = [(tiny(arch="spatial"), 0), (tiny(arch="spatial"), 1), (tiny(arch="random", regime="frozen"), 2),
+           (tiny(arch="dense"), 3), (tiny(arch="dense"), 4)]
     together = sd.train_population(pop, progress=False)
     for (cfg, seed), run in zip(pop, together):
         alone = sd.train_population([(cfg, seed)], progress=False)[0]
