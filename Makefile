@@ -25,4 +25,4 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/throughput.py --json benchmarks/throughput.json
 
 clean:
-	rm -rf _build executed _static .pytest_cache
+	rm -rf _build executed _vendor .pytest_cache

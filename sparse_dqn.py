@@ -898,11 +898,12 @@ def plot_mask(env: str, inputs: Sequence[int], centre: int | None, axes=None, ti
     return axes
 
 
-def channel_names(env: str) -> list[str]:
+@functools.lru_cache(maxsize=None)
+def channel_names(env: str) -> tuple[str, ...]:
     from minatar import Environment
 
     names = Environment(env).env.channels
-    return sorted(names, key=names.get)
+    return tuple(sorted(names, key=names.get))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -97,7 +97,7 @@ def main():
     command = ["jupyter-book", "build", str(root), "-W", "-n", "--keep-going"]
     if not offline:
         config = yaml.safe_load((root / "_config.yml").read_text())
-        for key in ("nb_ipywidgets_js", "mathjax_path"):
+        for key in ("html_static_path", "nb_ipywidgets_js", "mathjax_path"):  # all point into _vendor
             config["sphinx"]["config"].pop(key)
         cdn = root / "_build" / "_config_cdn.yml"
         cdn.write_text(yaml.safe_dump(config))
