@@ -36,7 +36,10 @@ CHANNELS = {"breakout": 4, "space_invaders": 6}
 ARCHS = ("dense", "random", "spatial", "predictive", "l1", "minatar_cnn")
 REGIMES = ("frozen", "learned")
 NUM_ACTIONS = 6
-CODE_VERSION = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+# Bump when a change alters what training computes (tests/test_pinned.py fails until you do):
+# the result store keys runs by it, so edits that leave training alone keep every stored run.
+ALGORITHM_VERSION = 2
+NOT_IN_KEY = ("device", "checkpoint_every")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -75,6 +78,8 @@ class Config:
     sticky_action_prob: float = _field(0.1, "MinAtar sticky-action probability")
     difficulty_ramping: bool = _field(True, "MinAtar difficulty ramping")
     device: str = _field("cpu", "torch device (cpu, cuda, cuda:1, ...); not part of the result key")
+    checkpoint_every: int = _field(50_000, "frames between checkpoints of a population that has a "
+                                   "results directory; not part of the result key")
 
     def __post_init__(self):
         def bad(name, allowed):
@@ -86,8 +91,12 @@ class Config:
             bad("arch", "one of " + ", ".join(ARCHS))
         if self.regime not in REGIMES:
             bad("regime", "one of " + ", ".join(REGIMES))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                bad(f.name, "a finite number")
         for name in ("hidden_units", "frames", "replay_size", "batch_size", "target_update",
-                     "log_every", "pan_frames"):
+                     "log_every", "pan_frames", "checkpoint_every"):
             if getattr(self, name) < 1:
                 bad(name, "an integer >= 1")
         for name in ("learning_starts", "eps_decay_frames"):
@@ -138,9 +147,10 @@ class Config:
         return self.hidden_units, self.k
 
     def key(self) -> str:
-        """Result-store key: the experiment's fields and the code version, not the device."""
-        fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "device"}
-        blob = json.dumps(fields, sort_keys=True) + CODE_VERSION
+        """Result-store key: the experiment's fields and the algorithm version; not the device
+        or the checkpoint interval, which do not change what is computed."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in NOT_IN_KEY}
+        blob = json.dumps(fields, sort_keys=True) + f"/v{ALGORITHM_VERSION}"
         return f"{self.env}_{self.arch}_{self.regime}_" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -148,7 +158,7 @@ class Config:
 SHARED_FIELDS = ("env", "frames", "replay_size", "batch_size", "learning_starts", "eps_start",
                  "eps_end", "eps_decay_frames", "target_update", "gamma", "lr", "rms_alpha",
                  "rms_eps", "sticky_action_prob", "difficulty_ramping", "device", "log_every",
-                 "sparsity_threshold")
+                 "sparsity_threshold", "checkpoint_every")
 
 
 def _seed(seed: int, stream: str) -> int:
@@ -169,6 +179,251 @@ def make_env(cfg: Config, seed: int):
 def observe(env) -> np.ndarray:
     """The flat channel-major 0/1 observation of a MinAtar env, as bool (input_size,)."""
     return np.ascontiguousarray(env.state().transpose(2, 0, 1)).reshape(-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Counter-based random streams: draw t of stream s of an agent is a hash of (agent key, s, t),
+# computed with integer tensor ops, so any frame's draws can be made in bulk, on any device,
+# with no generator state to carry, checkpoint or share between agents.
+# ----------------------------------------------------------------------------------------------
+STREAMS = {"explore": 1, "action": 2, "sticky": 3, "reset": 4, "replay": 5}
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """(x * c) mod 2**32 for x in [0, 2**32), in halves so that no int64 product overflows."""
+    return ((x & 0xFFFF) * c + ((((x >> 16) * c) & 0xFFFF) << 16)) & _MASK32
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer finaliser (Wellons' lowbias32): every input bit flips about half the
+    output bits."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def agent_keys(seeds: Sequence[int], device="cpu") -> torch.Tensor:
+    return torch.tensor([_seed(s, "agent") for s in seeds], dtype=torch.long, device=device)
+
+
+def uniform(keys: torch.Tensor, stream: str, counter: torch.Tensor) -> torch.Tensor:
+    """Float64 draws in [0, 1), one per element of counter (any shape broadcasting with keys
+    (N,) along dim 0, after keys is viewed as (N, 1, ...)): element-wise functions of the
+    agent's key, the stream and the counter."""
+    k = keys.view(-1, *([1] * (counter.dim() - 1)))
+    h = _mix32(_mix32(k ^ STREAMS[stream]) ^ (counter & _MASK32))
+    h = _mix32(h ^ ((counter >> 32) & _MASK32))
+    return h.double() * 2.0 ** -32
+
+
+# ----------------------------------------------------------------------------------------------
+# MinAtar as batched torch state: N games of one kind step together on the config's device.
+# Every rule of minatar 1.0.15 (the reference; tests compare frame by frame), including sticky
+# actions (one draw per act) and the last action kept across episodes. Draws come in as tensors,
+# so a test can feed the very numbers that minatar's own RandomState produces.
+# ----------------------------------------------------------------------------------------------
+class BatchedGame:
+    def __init__(self, n: int, sticky_action_prob: float, device):
+        self.n, self.sticky, self.device = n, sticky_action_prob, torch.device(device)
+        self.rows = torch.arange(n, device=self.device)
+        self.last_action = torch.zeros(n, dtype=torch.long, device=self.device)
+
+    def act(self, actions: torch.Tensor, sticky_draw: torch.Tensor):
+        """minatar.Environment.act for every agent: a draw below the sticky probability repeats
+        the last action. Returns (rewards, terminals) as float tensors (N,)."""
+        actions = torch.where(sticky_draw < self.sticky, self.last_action, actions)
+        self.last_action = actions
+        return self.step(actions)
+
+    def state_dict(self) -> dict:
+        return {k: v.clone() for k, v in vars(self).items() if isinstance(v, torch.Tensor)}
+
+    def load_state_dict(self, state: dict):
+        for k, v in state.items():
+            setattr(self, k, v.to(self.device))
+
+    def _at(self, grid: torch.Tensor, row, col) -> torch.Tensor:
+        """grid[n, row[n], col[n]] for every agent n (row, col may be ints or (N,) tensors)."""
+        return grid[self.rows, row, col]
+
+
+# Ball directions 0..3: up-left, up-right, down-right, down-left; and how each bounce maps them.
+_BALL_DX, _BALL_DY = (-1, 1, 1, -1), (-1, -1, 1, 1)
+_FLIP_X, _FLIP_Y, _FLIP_XY = (1, 0, 3, 2), (3, 2, 1, 0), (2, 3, 0, 1)
+
+
+class BatchedBreakout(BatchedGame):
+    channels = 4
+
+    def __init__(self, n: int, sticky_action_prob: float = 0.1, ramping: bool = True, device="cpu"):
+        super().__init__(n, sticky_action_prob, device)
+        z = torch.zeros(n, dtype=torch.long, device=self.device)
+        self.ball_x, self.ball_y, self.ball_dir, self.pos = z.clone(), z.clone(), z.clone(), z.clone()
+        self.last_x, self.last_y = z.clone(), z.clone()
+        self.strike = torch.zeros(n, dtype=torch.bool, device=self.device)
+        self.bricks = torch.zeros(n, GRID, GRID, dtype=torch.bool, device=self.device)
+        lut = functools.partial(torch.tensor, device=self.device)
+        self._dx, self._dy = lut(_BALL_DX), lut(_BALL_DY)
+        self._flip_x, self._flip_y, self._flip_xy = lut(_FLIP_X), lut(_FLIP_Y), lut(_FLIP_XY)
+
+    def reset(self, which: torch.Tensor, draw: torch.Tensor):
+        """Reset the agents where `which`; a draw below 0.5 starts the ball at the left, as
+        minatar's randint(2) == 0 does."""
+        right = draw >= 0.5
+        self.ball_x = torch.where(which, torch.where(right, 9, 0), self.ball_x)
+        self.ball_dir = torch.where(which, torch.where(right, 3, 2), self.ball_dir)
+        self.ball_y = torch.where(which, 3, self.ball_y)
+        self.pos = torch.where(which, 4, self.pos)
+        self.last_x = torch.where(which, self.ball_x, self.last_x)
+        self.last_y = torch.where(which, self.ball_y, self.last_y)
+        self.strike = self.strike & ~which
+        fresh = torch.zeros_like(self.bricks[0])
+        fresh[1:4] = True
+        self.bricks = torch.where(which.view(-1, 1, 1), fresh, self.bricks)
+
+    def step(self, actions: torch.Tensor):
+        self.pos = torch.where(actions == 1, (self.pos - 1).clamp_min(0),
+                               torch.where(actions == 3, (self.pos + 1).clamp_max(9), self.pos))
+        self.last_x, self.last_y = self.ball_x, self.ball_y
+        d = self.ball_dir
+        new_x, new_y = self.ball_x + self._dx[d], self.ball_y + self._dy[d]
+        side = (new_x < 0) | (new_x > 9)
+        new_x = new_x.clamp(0, 9)
+        d = torch.where(side, self._flip_x[d], d)
+        top = new_y < 0
+        new_y = new_y.clamp_min(0)
+        d = torch.where(top, self._flip_y[d], d)
+        brick = ~top & self._at(self.bricks, new_y.clamp_max(9), new_x)
+        score = brick & ~self.strike
+        self.bricks[self.rows[score], new_y[score], new_x[score]] = False
+        new_y = torch.where(score, self.last_y, new_y)
+        d = torch.where(score, self._flip_y[d], d)
+        bottom = ~top & ~brick & (new_y == 9)
+        refill = bottom & ~self.bricks.flatten(1).any(1)
+        self.bricks[:, 1:4] |= refill.view(-1, 1, 1)
+        under = bottom & (self.ball_x == self.pos)
+        corner = bottom & ~under & (new_x == self.pos)
+        d = torch.where(under, self._flip_y[d], torch.where(corner, self._flip_xy[d], d))
+        new_y = torch.where(under | corner, self.last_y, new_y)
+        self.strike = (self.strike | score) & brick
+        self.ball_x, self.ball_y, self.ball_dir = new_x, new_y, d
+        return score.float(), (bottom & ~under & ~corner).float()
+
+    def observe(self) -> torch.Tensor:
+        """(N, 400) 0/1 uint8, channel-major: paddle, ball, trail, brick."""
+        obs = torch.zeros(self.n, self.channels, GRID, GRID, dtype=torch.uint8, device=self.device)
+        obs[self.rows, 0, 9, self.pos] = 1
+        obs[self.rows, 1, self.ball_y, self.ball_x] = 1
+        obs[self.rows, 2, self.last_y, self.last_x] = 1
+        obs[:, 3] = self.bricks
+        return obs.view(self.n, -1)
+
+
+SHOT_COOL_DOWN, ENEMY_MOVE_INTERVAL, ENEMY_SHOT_INTERVAL = 5, 12, 10
+
+
+class BatchedSpaceInvaders(BatchedGame):
+    channels = 6
+
+    def __init__(self, n: int, sticky_action_prob: float = 0.1, ramping: bool = True, device="cpu"):
+        super().__init__(n, sticky_action_prob, device)
+        self.ramping = ramping
+        z = torch.zeros(n, dtype=torch.long, device=self.device)
+        self.pos, self.alien_dir, self.move_interval = z.clone(), z.clone(), z.clone()
+        self.move_timer, self.alien_shot_timer, self.shot_timer, self.ramp_index = (z.clone() for _ in range(4))
+        grid = torch.zeros(n, GRID, GRID, dtype=torch.bool, device=self.device)
+        self.aliens, self.f_bullets, self.e_bullets = grid.clone(), grid.clone(), grid.clone()
+        self._cols = torch.arange(GRID, device=self.device)
+
+    def _fresh_aliens(self) -> torch.Tensor:
+        fresh = torch.zeros_like(self.aliens[0])
+        fresh[0:4, 2:8] = True
+        return fresh
+
+    def reset(self, which: torch.Tensor, draw: torch.Tensor | None = None):
+        """Reset the agents where `which` (Space Invaders draws nothing at reset)."""
+        w3 = which.view(-1, 1, 1)
+        self.pos = torch.where(which, 5, self.pos)
+        self.f_bullets = self.f_bullets & ~w3
+        self.e_bullets = self.e_bullets & ~w3
+        self.aliens = torch.where(w3, self._fresh_aliens(), self.aliens)
+        self.alien_dir = torch.where(which, -1, self.alien_dir)
+        self.move_interval = torch.where(which, ENEMY_MOVE_INTERVAL, self.move_interval)
+        self.move_timer = torch.where(which, ENEMY_MOVE_INTERVAL, self.move_timer)
+        self.alien_shot_timer = torch.where(which, ENEMY_SHOT_INTERVAL, self.alien_shot_timer)
+        self.ramp_index = torch.where(which, 0, self.ramp_index)
+        self.shot_timer = torch.where(which, 0, self.shot_timer)
+
+    def step(self, actions: torch.Tensor):
+        fire = (actions == 5) & (self.shot_timer == 0)
+        self.f_bullets[self.rows[fire], 9, self.pos[fire]] = True
+        self.shot_timer = torch.where(fire, SHOT_COOL_DOWN, self.shot_timer)
+        self.pos = torch.where(~fire & (actions == 1), (self.pos - 1).clamp_min(0),
+                               torch.where(~fire & (actions == 3), (self.pos + 1).clamp_max(9), self.pos))
+        self.f_bullets = self.f_bullets.roll(-1, 1)
+        self.f_bullets[:, 9] = False
+        self.e_bullets = self.e_bullets.roll(1, 1)
+        self.e_bullets[:, 0] = False
+        terminal = self._at(self.e_bullets, 9, self.pos) | self._at(self.aliens, 9, self.pos)
+
+        move = self.move_timer == 0
+        self.move_timer = torch.where(
+            move, torch.minimum(self.aliens.flatten(1).sum(1), self.move_interval), self.move_timer)
+        turn = move & ((self.aliens[:, :, 0].any(1) & (self.alien_dir < 0))
+                       | (self.aliens[:, :, 9].any(1) & (self.alien_dir > 0)))
+        terminal |= turn & self.aliens[:, 9].any(1)
+        self.alien_dir = torch.where(turn, -self.alien_dir, self.alien_dir)
+        sideways = torch.where((self.alien_dir > 0).view(-1, 1, 1), self.aliens.roll(1, 2), self.aliens.roll(-1, 2))
+        self.aliens = torch.where(turn.view(-1, 1, 1), self.aliens.roll(1, 1),
+                                  torch.where(move.view(-1, 1, 1), sideways, self.aliens))
+        terminal |= move & self._at(self.aliens, 9, self.pos)
+
+        shoot = self.alien_shot_timer == 0
+        self.alien_shot_timer = torch.where(shoot, ENEMY_SHOT_INTERVAL, self.alien_shot_timer)
+        # the nearest column holding an alien (ties to the left), and its lowest alien
+        occupied = self.aliens.any(1)
+        rank = (self._cols - self.pos.view(-1, 1)).abs() * GRID + self._cols
+        col = torch.where(occupied, rank, 10 * GRID * GRID).argmin(1)
+        in_col = self.aliens[self.rows, :, col]
+        row = torch.where(in_col, self._cols, -1).amax(1)
+        self.e_bullets[self.rows[shoot], row[shoot], col[shoot]] = True
+
+        kills = self.aliens & self.f_bullets
+        reward = kills.flatten(1).sum(1).float()
+        self.aliens &= ~kills
+        self.f_bullets &= ~kills
+        self.shot_timer -= (self.shot_timer > 0).long()
+        self.move_timer -= 1
+        self.alien_shot_timer -= 1
+        cleared = ~self.aliens.flatten(1).any(1)
+        ramp = cleared & (self.move_interval > 6) & self.ramping
+        self.move_interval -= ramp.long()
+        self.ramp_index += ramp.long()
+        self.aliens = torch.where(cleared.view(-1, 1, 1), self._fresh_aliens(), self.aliens)
+        return reward, terminal.float()
+
+    def observe(self) -> torch.Tensor:
+        """(N, 600) 0/1 uint8, channel-major: cannon, alien, alien_left, alien_right,
+        friendly_bullet, enemy_bullet."""
+        obs = torch.zeros(self.n, self.channels, GRID, GRID, dtype=torch.uint8, device=self.device)
+        obs[self.rows, 0, 9, self.pos] = 1
+        left = (self.alien_dir < 0).view(-1, 1, 1)
+        obs[:, 1] = self.aliens
+        obs[:, 2] = self.aliens & left
+        obs[:, 3] = self.aliens & ~left
+        obs[:, 4] = self.f_bullets
+        obs[:, 5] = self.e_bullets
+        return obs.view(self.n, -1)
+
+
+GAMES = {"breakout": BatchedBreakout, "space_invaders": BatchedSpaceInvaders}
+
+
+def make_games(cfg: Config, n: int) -> BatchedGame:
+    return GAMES[cfg.env](n, cfg.sticky_action_prob, cfg.difficulty_ramping, cfg.device)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -389,18 +644,26 @@ def q_values(params: dict[str, torch.Tensor], x: torch.Tensor, plan: SparsePlan 
 
 
 # ----------------------------------------------------------------------------------------------
-# Replay: one ring per agent, all written in lockstep; observations stored bit-packed.
+# Replay
 # ----------------------------------------------------------------------------------------------
 class Replay:
+    """One ring per agent, all written in lockstep; observations stored bit-packed."""
+
     def __init__(self, agents: int, capacity: int, input_size: int, device: torch.device):
         nbytes = (input_size + 7) // 8
         self.capacity, self.input_size, self.size, self.pos = capacity, input_size, 0, 0
         self.obs = torch.zeros(agents, capacity, nbytes, dtype=torch.uint8, device=device)
         self.next_obs = torch.zeros_like(self.obs)
-        self.action = torch.zeros(agents, capacity, dtype=torch.long, device=device)
+        self.action = torch.zeros(agents, capacity, dtype=torch.uint8, device=device)
         self.reward = torch.zeros(agents, capacity, device=device)
         self.done = torch.zeros(agents, capacity, device=device)
         self._shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=device)
+
+    def pack(self, obs: torch.Tensor) -> torch.Tensor:
+        """(N, input_size) 0/1 uint8 -> (N, bytes), most significant bit first (numpy's packbits)."""
+        pad = (-obs.shape[1]) % 8
+        bits = F.pad(obs, (0, pad)).view(obs.shape[0], -1, 8)
+        return (bits << self._shifts).sum(2, dtype=torch.uint8)
 
     def add(self, obs_packed, action, reward, next_packed, done):
         i = self.pos
@@ -416,8 +679,16 @@ class Replay:
     def sample(self, agents: torch.Tensor, idx: torch.Tensor):
         """Transitions idx (n, B) of the given agents (n,), observations unpacked to float."""
         rows = agents.unsqueeze(1)
-        return (self.unpack(self.obs[rows, idx]), self.action[rows, idx], self.reward[rows, idx],
+        return (self.unpack(self.obs[rows, idx]), self.action[rows, idx].long(), self.reward[rows, idx],
                 self.unpack(self.next_obs[rows, idx]), self.done[rows, idx])
+
+    def state_dict(self) -> dict:
+        return {"obs": self.obs, "next_obs": self.next_obs, "action": self.action, "reward": self.reward,
+                "done": self.done, "size": self.size, "pos": self.pos}
+
+    def load_state_dict(self, state: dict):
+        for name, value in state.items():
+            setattr(self, name, value.to(self.obs.device) if isinstance(value, torch.Tensor) else value)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -434,7 +705,7 @@ class RunResult:
     pan_td_error: list[tuple[int, float]] = dataclasses.field(default_factory=list)
     mask: list[list[int]] | None = None
     wall_seconds: float = 0.0
-    code_version: str = CODE_VERSION
+    algorithm_version: int = ALGORITHM_VERSION
     params: dict | None = dataclasses.field(default=None, repr=False, compare=False)
     """Final network parameters, in memory only: a run loaded from the store has none."""
 
@@ -450,6 +721,9 @@ class RunResult:
     @classmethod
     def from_json(cls, blob: dict) -> "RunResult":
         blob = dict(blob, config=Config(**blob["config"]))
+        if "code_version" in blob:  # stored before results were keyed by algorithm version
+            del blob["code_version"]
+            blob["algorithm_version"] = 1
         blob["sparsity"] = [tuple(r) for r in blob["sparsity"]]
         blob["pan_td_error"] = [tuple(r) for r in blob["pan_td_error"]]
         return cls(**blob)
@@ -511,6 +785,19 @@ class _Group:
         loss.backward()
         self.optimizer.step()
 
+    def state_dict(self) -> dict:
+        return {"params": {n: t.detach() for n, t in self.params.items()}, "target": self.target,
+                "square_avg": self.optimizer.square_avg, "grad_avg": self.optimizer.grad_avg}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict):
+        for name, tensor in self.params.items():
+            tensor.copy_(state["params"][name])
+            self.target[name].copy_(state["target"][name])
+        for mine, saved in zip(self.optimizer.square_avg + self.optimizer.grad_avg,
+                               state["square_avg"] + state["grad_avg"]):
+            mine.copy_(saved)
+
     def sync_target(self):
         with torch.no_grad():
             for name, tensor in self.params.items():
@@ -558,10 +845,14 @@ def build_mask(cfg: Config, seed: int, learned_l1_mask: torch.Tensor | None = No
 
 
 def train_population(agents: Sequence[tuple[Config, int]], progress: bool = True,
-                     l1_masks: dict[tuple[Config, int], torch.Tensor] | None = None) -> list[RunResult]:
+                     l1_masks: dict[tuple[Config, int], torch.Tensor] | None = None,
+                     checkpoint: Path | None = None) -> list[RunResult]:
     """Train agents (config, seed) of one game in lockstep: one env step each per frame, one update
-    each per frame after learning starts. Each agent has its own seeded env, replay ring, weights,
-    optimiser state and random stream, so its results do not depend on who shares the population."""
+    each per frame after learning starts. Each agent has its own game, replay ring, weights,
+    optimiser state and random streams, so its results do not depend on who shares the population.
+
+    With `checkpoint` (a file path), the population saves itself there atomically every
+    `checkpoint_every` frames, resumes from it if it exists, and deletes it when done."""
     _check_population(agents)
     cfg0 = agents[0][0]
     device = torch.device(cfg0.device)
@@ -582,63 +873,81 @@ def train_population(agents: Sequence[tuple[Config, int]], progress: bool = True
     l1_agents = [(g, j, i) for g in groups for j, i in enumerate(g.members.tolist())
                  if agents[i][0].arch == "l1" and not g.frozen]
 
-    envs = [make_env(cfg, _seed(seed, "env")) for cfg, seed in agents]
-    rngs = [np.random.default_rng(_seed(seed, "agent")) for _, seed in agents]
+    keys = agent_keys([s for _, s in agents], device)
+    game = make_games(cfg0, n)
+    game.reset(torch.ones(n, dtype=torch.bool, device=device),
+               uniform(keys, "reset", torch.zeros(1, dtype=torch.long, device=device)))
     replay = Replay(n, cfg0.replay_size, cfg0.input_size, device)
-    obs = np.stack([observe(e) for e in envs])
-    episode_return = np.zeros(n)
+    episode_return = torch.zeros(n, device=device)
     episodes = [([], []) for _ in range(n)]
     sparsity = [[] for _ in range(n)]
-    updates = 0
+    first_frame, updates = 0, 0
+    if checkpoint is not None and Path(checkpoint).exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        first_frame, updates, episodes, sparsity = (state[k] for k in ("frame", "updates", "episodes", "sparsity"))
+        episode_return = state["episode_return"]
+        game.load_state_dict(state["game"])
+        replay.load_state_dict(state["replay"])
+        for g, gs in zip(groups, state["groups"]):
+            g.load_state_dict(gs)
+    obs = game.observe()
 
-    bar = _progress(cfg0.frames, n, progress)
-    for frame in range(cfg0.frames):
-        eps = epsilon(cfg0, frame)
-        explore = [rng.random() < eps for rng in rngs]
-        actions = np.array([int(rng.integers(NUM_ACTIONS)) if ex else 0
-                            for rng, ex in zip(rngs, explore)])
-        if not all(explore):
-            with torch.no_grad():
-                x = torch.from_numpy(obs).to(device).float().unsqueeze(1)
+    bar = _progress(cfg0.frames, n, progress, first_frame)
+    frame = first_frame
+    while frame < cfg0.frames:
+        # One block of frames: its draws come in bulk, its episode ends reach the host at its end.
+        block = min(FRAME_BLOCK, cfg0.frames - frame, _next_stop(cfg0, frame) - frame)
+        frames = torch.arange(frame, frame + block, device=device)
+        u = {s: uniform(keys, s, frames.view(1, -1)) for s in ("explore", "action", "sticky", "reset")}
+        u_replay = uniform(keys, "replay", frames.view(1, -1, 1) * cfg0.batch_size
+                           + torch.arange(cfg0.batch_size, device=device))
+        random_actions = (u["action"] * NUM_ACTIONS).long()
+        ended = torch.zeros(block, n, dtype=torch.bool, device=device)
+        ended_return = torch.zeros(block, n, device=device)
+        for t in range(block):
+            eps = epsilon(cfg0, frame)
+            actions = random_actions[:, t]
+            if eps < 1.0:
+                with torch.no_grad():
+                    x = obs.float().unsqueeze(1)
+                    greedy = torch.empty(n, dtype=torch.long, device=device)
+                    for g in groups:
+                        greedy[g.members] = q_values(g.params, x[g.members], g.plan).squeeze(1).argmax(1)
+                actions = torch.where(u["explore"][:, t] < eps, actions, greedy)
+            reward, done = game.act(actions, u["sticky"][:, t])
+            next_obs = game.observe()
+            replay.add(replay.pack(obs), actions, reward, replay.pack(next_obs), done)
+            episode_return += reward
+            ended[t], ended_return[t] = done.bool(), episode_return
+            episode_return = episode_return * (1 - done)
+            game.reset(done.bool(), u["reset"][:, t])
+            obs = game.observe()
+
+            if frame >= cfg0.learning_starts:
+                idx = (u_replay[:, t] * replay.size).long()
                 for g in groups:
-                    greedy = q_values(g.params, x[g.members], g.plan).squeeze(1).argmax(1).cpu().numpy()
-                    for j, i in enumerate(g.members.tolist()):
-                        if not explore[i]:
-                            actions[i] = greedy[j]
+                    g.update(replay.sample(g.members, idx[g.members]), cfg0.gamma)
+                updates += 1
+                if updates % cfg0.target_update == 0:
+                    for g in groups:
+                        g.sync_target()
+            frame += 1
 
-        rewards, dones, next_obs = np.zeros(n, np.float32), np.zeros(n, np.float32), np.empty_like(obs)
-        for i, env in enumerate(envs):
-            r, terminal = env.act(int(actions[i]))
-            rewards[i], dones[i] = r, terminal
-            next_obs[i] = observe(env)
-        replay.add(*(torch.from_numpy(a).to(device) for a in
-                     (np.packbits(obs, axis=1), actions, rewards, np.packbits(next_obs, axis=1), dones)))
-        episode_return += rewards
-        for i in np.flatnonzero(dones):
-            episodes[i][0].append(frame + 1)
-            episodes[i][1].append(float(episode_return[i]))
-            episode_return[i] = 0.0
-            envs[i].reset()
-            next_obs[i] = observe(envs[i])
-        obs = next_obs
-
-        if frame >= cfg0.learning_starts:
-            idx = torch.from_numpy(np.stack([rng.integers(0, replay.size, cfg0.batch_size)
-                                             for rng in rngs])).to(device)
-            for g in groups:
-                g.update(replay.sample(g.members, idx[g.members]), cfg0.gamma)
-            updates += 1
-            if updates % cfg0.target_update == 0:
-                for g in groups:
-                    g.sync_target()
-
-        if (frame + 1) % cfg0.log_every == 0 or frame + 1 == cfg0.frames:
+        for t, i in ended.nonzero().tolist():
+            episodes[i][0].append(frame - block + t + 1)
+            episodes[i][1].append(float(ended_return[t, i]))
+        if frame % cfg0.log_every == 0 or frame == cfg0.frames:
             for g, j, i in l1_agents:
                 w = g.params["hidden_w"][j].detach()
-                sparsity[i].append((frame + 1, float((w.abs() < cfg0.sparsity_threshold).float().mean())))
-        if bar is not None and ((frame + 1) % 500 == 0 or frame + 1 == cfg0.frames):
+                sparsity[i].append((frame, float((w.abs() < cfg0.sparsity_threshold).float().mean())))
+        if checkpoint is not None and frame % cfg0.checkpoint_every == 0 and frame < cfg0.frames:
+            _save_checkpoint(checkpoint, {
+                "frame": frame, "updates": updates, "episodes": episodes, "sparsity": sparsity,
+                "episode_return": episode_return, "game": game.state_dict(),
+                "replay": replay.state_dict(), "groups": [g.state_dict() for g in groups]})
+        if bar is not None:
             recent = [np.mean(e[1][-100:]) for e in episodes if e[1]]
-            bar.update(frame + 1 - bar.n)
+            bar.update(frame - bar.n)
             bar.set_postfix(ret=f"{np.mean(recent):.2f}" if recent else "-", refresh=False)
     if bar is not None:
         bar.close()
@@ -656,12 +965,35 @@ def train_population(agents: Sequence[tuple[Config, int]], progress: bool = True
     return results
 
 
-def _progress(frames: int, agents: int, enabled: bool):
+# Frames per block of the training loop: draws are made, and episode ends collected, per block.
+FRAME_BLOCK = 500
+
+
+def _next_stop(cfg: Config, frame: int) -> int:
+    """The next frame after `frame` at which the loop must look up: a sparsity record or a
+    checkpoint is due."""
+    return min((frame // every + 1) * every for every in (cfg.log_every, cfg.checkpoint_every))
+
+
+def _save_checkpoint(path: Path, state: dict):
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _progress(frames: int, agents: int, enabled: bool, initial: int = 0):
     if not enabled:
         return None
     from tqdm import tqdm  # plain-text bar: works in terminals, logs and papermill alike
 
-    return tqdm(total=frames, unit="frame", desc=f"{agents} agent{'s' * (agents > 1)}",
+    return tqdm(total=frames, initial=initial, unit="frame", desc=f"{agents} agent{'s' * (agents > 1)}",
                 mininterval=2.0, file=sys.stderr)
 
 
