@@ -706,6 +706,8 @@ class RunResult:
     mask: list[list[int]] | None = None
     wall_seconds: float = 0.0
     algorithm_version: int = ALGORITHM_VERSION
+    resumed_at: list[int] = dataclasses.field(default_factory=list)
+    """Frames at which training resumed from a checkpoint (empty for a run in one go)."""
     params: dict | None = dataclasses.field(default=None, repr=False, compare=False)
     """Final network parameters, in memory only: a run loaded from the store has none."""
 
@@ -881,10 +883,13 @@ def train_population(agents: Sequence[tuple[Config, int]], progress: bool = True
     episode_return = torch.zeros(n, device=device)
     episodes = [([], []) for _ in range(n)]
     sparsity = [[] for _ in range(n)]
-    first_frame, updates = 0, 0
+    first_frame, updates, resumed_at = 0, 0, []
     if checkpoint is not None and Path(checkpoint).exists():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
-        first_frame, updates, episodes, sparsity = (state[k] for k in ("frame", "updates", "episodes", "sparsity"))
+        first_frame, updates, episodes, sparsity, resumed_at = (
+            state[k] for k in ("frame", "updates", "episodes", "sparsity", "resumed_at"))
+        resumed_at = resumed_at + [first_frame]
+        start -= state["wall"]
         episode_return = state["episode_return"]
         game.load_state_dict(state["game"])
         replay.load_state_dict(state["replay"])
@@ -943,6 +948,7 @@ def train_population(agents: Sequence[tuple[Config, int]], progress: bool = True
         if checkpoint is not None and frame % cfg0.checkpoint_every == 0 and frame < cfg0.frames:
             _save_checkpoint(checkpoint, {
                 "frame": frame, "updates": updates, "episodes": episodes, "sparsity": sparsity,
+                "resumed_at": resumed_at, "wall": time.perf_counter() - start,
                 "episode_return": episode_return, "game": game.state_dict(),
                 "replay": replay.state_dict(), "groups": [g.state_dict() for g in groups]})
         if bar is not None:
@@ -961,7 +967,7 @@ def train_population(agents: Sequence[tuple[Config, int]], progress: bool = True
         if cfg.arch == "l1" and cfg.regime == "learned":
             mask = l1_mask(final["hidden_w"], cfg.k, seed).tolist()
         results.append(RunResult(cfg, seed, episodes[i][0], episodes[i][1], sparsity[i],
-                                 pan_logs[i], mask, wall, params=final))
+                                 pan_logs[i], mask, wall, resumed_at=resumed_at, params=final))
     return results
 
 
@@ -1017,11 +1023,53 @@ def _write_atomic(path: Path, blob: dict):
         raise
 
 
-def load_run(results_dir: Path, cfg: Config, seed: int) -> RunResult | None:
-    path = result_path(results_dir, cfg, seed)
+def read_run(path: Path) -> RunResult | None:
+    """A stored run, or None if it is missing. An unreadable one (truncated, corrupt) is reported
+    with its path and set aside as `<name>.corrupt`, so that it is recomputed, not trusted."""
+    path = Path(path)
     if not path.exists():
         return None
-    return RunResult.from_json(json.loads(path.read_text()))
+    try:
+        return RunResult.from_json(json.loads(path.read_text()))
+    except (ValueError, KeyError, TypeError) as err:  # JSON and Unicode errors are ValueErrors
+        aside = path.with_name(path.name + ".corrupt")
+        os.replace(path, aside)
+        warnings.warn(f"{path} is unreadable ({type(err).__name__}: {err}); set aside as {aside.name}, "
+                      "it will be recomputed", stacklevel=2)
+        return None
+
+
+def load_run(results_dir: Path, cfg: Config, seed: int) -> RunResult | None:
+    return read_run(result_path(results_dir, cfg, seed))
+
+
+def check_device(device: str):
+    """Refuse, before any work, a device that this machine cannot allocate on."""
+    try:
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"device={device!r} is not available here ({first}); expected cpu"
+                         + ", cuda" * torch.cuda.is_available()) from None
+
+
+def check_results_dir(results_dir: str | Path):
+    """Create results_dir if needed and prove it writable, before any training."""
+    path = Path(results_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise ValueError(f"results directory {str(path)!r} is not writable ({err.strerror})") from None
+
+
+def checkpoint_path(results_dir: str | Path | None, agents: Sequence[tuple[Config, int]]) -> Path | None:
+    """Where a population of these agents checkpoints itself under results_dir."""
+    if results_dir is None:
+        return None
+    blob = json.dumps([(cfg.key(), seed) for cfg, seed in agents])
+    return Path(results_dir) / ".checkpoints" / (hashlib.sha256(blob.encode()).hexdigest()[:16] + ".pt")
 
 
 def train(configs: Config | Sequence[Config], seeds: Sequence[int], results_dir: str | Path | None = None,
@@ -1036,6 +1084,9 @@ def train(configs: Config | Sequence[Config], seeds: Sequence[int], results_dir:
     if not wanted:
         raise ValueError("seeds=[] is not allowed; expected at least one seed")
     _check_population(wanted)
+    check_device(configs[0].device)
+    if results_dir is not None:
+        check_results_dir(results_dir)
     done = {}
     if results_dir is not None:
         for cfg, seed in wanted:
@@ -1055,21 +1106,27 @@ def train(configs: Config | Sequence[Config], seeds: Sequence[int], results_dir:
                 done[src] = run
     first = [a for a in dict.fromkeys(wanted + sorted(sources, key=str))
              if a not in done and not needs_l1_source(a[0])]
-    for pair, run in zip(first, train_population(first, progress) if first else []):
-        done[pair] = _save(results_dir, run)
+    for pair, run in zip(first, _train_and_save(first, results_dir, progress)):
+        done[pair] = run
     second = [a for a in wanted if a not in done]
     if second:
         masks = {a: torch.tensor(done[(dataclasses.replace(a[0], regime="learned"), a[1])].mask)
                  for a in second}
-        for pair, run in zip(second, train_population(second, progress, masks)):
-            done[pair] = _save(results_dir, run)
+        for pair, run in zip(second, _train_and_save(second, results_dir, progress, masks)):
+            done[pair] = run
     return [done[a] for a in wanted]
 
 
-def _save(results_dir, run: RunResult) -> RunResult:
+def _train_and_save(agents, results_dir, progress, l1_masks=None) -> list[RunResult]:
+    if not agents:
+        return []
+    checkpoint = checkpoint_path(results_dir, agents)
+    runs = train_population(agents, progress, l1_masks, checkpoint)
     if results_dir is not None:
-        _write_atomic(result_path(results_dir, run.config, run.seed), run.to_json())
-    return run
+        for run in runs:
+            _write_atomic(result_path(results_dir, run.config, run.seed), run.to_json())
+        checkpoint.unlink(missing_ok=True)
+    return runs
 
 
 def episodes_frame(runs: Iterable[RunResult]):
@@ -1087,9 +1144,8 @@ def episodes_frame(runs: Iterable[RunResult]):
 
 def load_results(results_dir: str | Path):
     """Every completed run under results_dir, as a tidy per-episode DataFrame."""
-    runs = [RunResult.from_json(json.loads(p.read_text()))
-            for p in sorted(Path(results_dir).glob("*/seed_*.json"))]
-    return episodes_frame(runs)
+    runs = [read_run(p) for p in sorted(Path(results_dir).glob("*/seed_*.json"))]
+    return episodes_frame(r for r in runs if r is not None)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1277,6 +1333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)}
     try:
         cfg = Config(**fields)
+        check_device(cfg.device)
+        check_results_dir(args.out)
     except ValueError as err:
         parser.error(str(err))
     runs = train(cfg, args.seeds, args.out, progress=not args.no_progress)

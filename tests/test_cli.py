@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import sparse_dqn as sd
 
@@ -21,6 +22,9 @@ def cli(*args, cwd):
     (["--fan-in", "401"], "fan_in=401"),
     (["--frames", "ten"], "ten"),
     (["--seeds"], "--seeds"),
+    (["--pan-step-size", "inf"], "pan_step_size=inf"),
+    (["--lr", "nan"], "lr=nan"),
+    (["--device", "cuda:7" if torch.cuda.is_available() else "cuda"], "device="),
 ])
 def test_bad_arguments_exit_2_with_one_line_and_write_nothing(tmp_path, args, bad):
     out = tmp_path / "results"
@@ -47,3 +51,12 @@ def test_train_writes_results(tmp_path):
                "--no-progress", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert len(list((tmp_path / "res").glob("breakout_random_learned_*/seed_*.json"))) == 2
+
+
+def test_out_under_a_regular_file_fails_before_training(tmp_path):
+    (tmp_path / "file").write_text("not a directory")
+    proc = cli("train", "--frames", "100000", "--out", "file/results", "--no-progress", cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "file/results" in lines[0] and "not writable" in lines[0], proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]

@@ -1,0 +1,69 @@
+"""The result store and checkpoints: computed work survives kills, edits and corrupt files."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import sparse_dqn as sd
+
+SMALL = dict(frames=3_000, learning_starts=300, replay_size=2_000, target_update=100,
+             eps_decay_frames=1_000, hidden_units=400, log_every=500, checkpoint_every=500)
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_and_ends_bit_identical(tmp_path):
+    configs = [sd.Config(arch="spatial", **SMALL), sd.Config(arch="random", regime="frozen", **SMALL)]
+    script = (f"import sparse_dqn as sd; sd.train({configs!r}, [0, 1], {str(tmp_path)!r}, progress=False)"
+              .replace("Config(", "sd.Config("))
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(sd.__file__).parent)
+    checkpoints = tmp_path / ".checkpoints"
+    deadline = time.monotonic() + 300
+    while not (checkpoints.exists() and list(checkpoints.glob("*.pt"))):
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not list(tmp_path.glob("*/seed_*.json"))  # killed mid-run: nothing finished
+    saved = torch.load(next(checkpoints.glob("*.pt")), weights_only=False)["frame"]
+    assert 0 < saved < SMALL["frames"]
+
+    resumed = sd.train(configs, [0, 1], tmp_path, progress=False)
+    whole = sd.train(configs, [0, 1], progress=False)
+    for a, b in zip(resumed, whole):
+        assert a.resumed_at == [saved] and b.resumed_at == []
+        assert a.episode_frames == b.episode_frames
+        assert a.episode_returns == b.episode_returns
+        assert a.params.keys() == b.params.keys()
+        for name in a.params:
+            assert torch.equal(a.params[name], b.params[name]), name
+    assert not list(checkpoints.glob("*.pt"))  # done: the checkpoint is gone
+    assert len(list(tmp_path.glob("*/seed_*.json"))) == 4
+
+
+def test_a_corrupt_stored_run_is_reported_set_aside_and_recomputed(tmp_path):
+    cfg = sd.Config(arch="dense", frames=400, learning_starts=200, replay_size=500, hidden_units=400)
+    first = sd.train(cfg, [0], tmp_path, progress=False)[0]
+    path = sd.result_path(tmp_path, cfg, 0)
+    path.write_text(path.read_text()[:100])  # truncated, as by a full disk
+    with pytest.warns(UserWarning, match=str(path)):
+        again = sd.train(cfg, [0], tmp_path, progress=False)[0]
+    assert again.params is not None  # recomputed, not loaded
+    assert again.episode_returns == first.episode_returns
+    assert path.with_name(path.name + ".corrupt").exists()
+    assert json.loads(path.read_text())["seed"] == 0  # rewritten whole
+
+
+def test_the_store_key_survives_edits_that_leave_training_alone(tmp_path):
+    edited = tmp_path / "sparse_dqn.py"
+    edited.write_text(Path(sd.__file__).read_text().replace('"""Sparse DQN on MinAtar', '"""Edited docstring', 1)
+                      + "\n# an edit to the command line, say\n")
+    code = f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import sparse_dqn; print(sparse_dqn.Config().key())"
+    key = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert key == sd.Config().key()
+    assert sd.dataclasses.replace(sd.Config(), device="cuda", checkpoint_every=7).key() == sd.Config().key()
