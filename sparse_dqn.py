@@ -25,7 +25,7 @@ import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ GRID = 10
 CHANNELS = {"breakout": 4, "space_invaders": 6}
 ARCHS = ("dense", "random", "spatial", "predictive", "l1", "minatar_cnn")
 REGIMES = ("frozen", "learned")
+PAN_IDLE = ("move", "spatial", "random")
 NUM_ACTIONS = 6
 # Bump when a change alters what training computes (tests/test_pinned.py fails until you do):
 # the result store keys runs by it, so edits that leave training alone keep every stored run.
@@ -60,6 +61,8 @@ class Config:
     pan_gamma: float = _field(0.99, "discount of PAN's predictors (PAN's own value)")
     pan_lambda: float = _field(0.8, "trace decay of PAN's TD(lambda) (PAN's own value)")
     pan_step_size: float = _field(3e-3, "step size of PAN's TD(lambda); least TD error of 1e-4..1e-2, both games")
+    pan_idle: str = _field("move", "units centred on a cumulant that never varied in PAN's data: move (to "
+                           "cumulants that vary), spatial (nearest inputs), random (random tie-break)")
     l1_coef: float = _field(1e-5, "L1 penalty on hidden weights, per agent (arch l1, learned)")
     sparsity_threshold: float = _field(1e-3, "|w| below this counts as zero in effective sparsity")
     log_every: int = _field(10_000, "frames between effective-sparsity records")
@@ -91,6 +94,8 @@ class Config:
             bad("arch", "one of " + ", ".join(ARCHS))
         if self.regime not in REGIMES:
             bad("regime", "one of " + ", ".join(REGIMES))
+        if self.pan_idle not in PAN_IDLE:
+            bad("pan_idle", "one of " + ", ".join(PAN_IDLE))
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
@@ -517,17 +522,81 @@ def random_policy_transitions(cfg: Config, seed: int, frames: int) -> Iterator:
 @functools.lru_cache(maxsize=64)
 def _pan(env: str, seed: int, frames: int, gamma: float, lam: float, step: float,
          sticky: float, ramping: bool):
+    """PAN's predictors, their TD-error curve, and how often each input was on in their data."""
     cfg = Config(env=env, sticky_action_prob=sticky, difficulty_ramping=ramping)
-    return pan_weights(random_policy_transitions(cfg, seed, frames), cfg.input_size, gamma, lam, step)
+    on = np.zeros(cfg.input_size)
+
+    def counted():
+        for o, o_next, terminal in random_policy_transitions(cfg, seed, frames):
+            on[:] += o
+            yield o, o_next, terminal
+
+    w, log = pan_weights(counted(), cfg.input_size, gamma, lam, step)
+    return w, log, torch.from_numpy(on / frames)
+
+
+def _nearest_first(env: str) -> torch.Tensor:
+    """(inputs, inputs): for each centre, every input ordered by grid distance (spatial's order)."""
+    rc = input_coords(env)[:, 1:].float()
+    return torch.argsort(torch.cdist(rc, rc), dim=1, stable=True)
+
+
+def predictive_centres(cfg: Config, seed: int) -> torch.Tensor:
+    """The cumulant each predictive unit is centred on. With pan_idle='move', units whose input
+    never varied in PAN's data (always off, or always on: nothing to predict) are dealt in turn
+    to the inputs that did vary, so every unit has a predictor with evidence and every
+    architecture keeps its unit and weight counts; otherwise, unit_centres."""
+    centres = unit_centres(cfg)
+    if cfg.pan_idle != "move":
+        return centres
+    on_rate = _pan(cfg.env, seed, cfg.pan_frames, cfg.pan_gamma, cfg.pan_lambda, cfg.pan_step_size,
+                   cfg.sticky_action_prob, cfg.difficulty_ramping)[2]
+    varies = torch.nonzero((on_rate > 0) & (on_rate < 1)).flatten()
+    return varies[torch.arange(cfg.hidden_units) % len(varies)] if len(varies) else centres
+
+
+def mask_centres(cfg: Config, seed: int) -> torch.Tensor:
+    """The input each hidden unit of this architecture is centred on."""
+    return predictive_centres(cfg, seed) if cfg.arch == "predictive" else unit_centres(cfg)
+
+
+def unit_centred_on(cfg: Config, seed: int, centre: int) -> int:
+    """The first hidden unit centred on input `centre`."""
+    units = torch.nonzero(mask_centres(cfg, seed) == centre).flatten()
+    if len(units) == 0:
+        raise ValueError(f"centre={centre} is not allowed for {cfg.arch} in {cfg.env}: no unit is centred there "
+                         "(its input never varied in PAN's data)")
+    return int(units[0])
 
 
 def predictive_mask(cfg: Config, seed: int) -> tuple[torch.Tensor, list]:
     """PAN neighbourhoods: for each centre c, the k inputs with the largest |w| in c's predictor,
-    trained on `pan_frames` frames of a uniformly random policy, then fixed. Returns the mask and
-    the predictors' TD-error curve."""
-    w, log = _pan(cfg.env, seed, cfg.pan_frames, cfg.pan_gamma, cfg.pan_lambda, cfg.pan_step_size,
-                  cfg.sticky_action_prob, cfg.difficulty_ramping)
-    return top_k_by_magnitude(w, cfg.k, seed)[unit_centres(cfg)], log
+    trained on `pan_frames` frames of a uniformly random policy, then fixed. Inputs with equal |w|
+    (most often zero: no evidence) are taken nearest the centre first, or at random with
+    pan_idle='random'. Returns the mask and the predictors' TD-error curve."""
+    w, log, _ = _pan(cfg.env, seed, cfg.pan_frames, cfg.pan_gamma, cfg.pan_lambda, cfg.pan_step_size,
+                     cfg.sticky_action_prob, cfg.difficulty_ramping)
+    if cfg.pan_idle == "random":
+        return top_k_by_magnitude(w, cfg.k, seed)[unit_centres(cfg)], log
+    near = _nearest_first(cfg.env)
+    order = torch.argsort(w.abs().gather(1, near), dim=1, descending=True, stable=True)[:, : cfg.k]
+    return near.gather(1, order)[predictive_centres(cfg, seed)], log
+
+
+def pan_report(cfg: Config, seed: int) -> dict:
+    """How predictive a predictive mask is: cumulants that never varied in PAN's data, the share
+    of mask inputs chosen with no evidence (|w| = 0), the mean grid distance of a unit's inputs
+    to its centre, and the predictors' final TD error."""
+    w, log, on_rate = _pan(cfg.env, seed, cfg.pan_frames, cfg.pan_gamma, cfg.pan_lambda, cfg.pan_step_size,
+                           cfg.sticky_action_prob, cfg.difficulty_ramping)
+    mask, _ = predictive_mask(cfg, seed)
+    centres = predictive_centres(cfg, seed)
+    rc = input_coords(cfg.env)[:, 1:].float()
+    return {"env": cfg.env, "pan_idle": cfg.pan_idle, "never varied": int(((on_rate == 0) | (on_rate == 1)).sum()),
+            "never on": int((on_rate == 0).sum()),
+            "zero-evidence inputs": float((w[centres.unsqueeze(1), mask] == 0).float().mean()),
+            "mean distance": float((rc[mask] - rc[centres].unsqueeze(1)).norm(dim=2).mean()),
+            "final TD error": log[-1][1] if log else float("nan")}
 
 
 def l1_mask(hidden_weights: torch.Tensor, k: int, seed: int) -> torch.Tensor:
@@ -538,24 +607,79 @@ def l1_mask(hidden_weights: torch.Tensor, k: int, seed: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # The sparse Q-network, batched over a population: leading dimension N is the agent.
 # ----------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def _kernels():
+    """The C++ CPU kernels (sparse_kernels.cpp), compiled on first use and cached by torch; None,
+    with one warning, where they cannot be built. SPARSE_DQN_KERNELS=torch skips them."""
+    if os.environ.get("SPARSE_DQN_KERNELS", "cpp") == "torch":
+        return None
+    try:
+        import ninja  # the build tool, from requirements.txt; torch looks for it on PATH
+        from torch.utils.cpp_extension import load
+
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        source = Path(__file__).with_name("sparse_kernels.cpp")
+        # -fopenmp: ATen's parallel_for splits work over threads only where OpenMP is on.
+        # -fno-math-errno: lets the compiler vectorise sqrt. -march=native: the widest vectors
+        # this processor has; the build is named after the processor's features, so machines
+        # that share a home directory (a cluster's nodes) each build their own.
+        flags = ["-O3", "-fopenmp", "-fno-math-errno", "-march=native"]
+        return load(f"sparse_dqn_kernels_{_cpu_id()}", [str(source)], extra_cflags=flags,
+                    extra_ldflags=["-fopenmp"], verbose=False)
+    except Exception as err:  # no compiler, no headers, a failed build: the torch path still works
+        warnings.warn(f"C++ kernels unavailable, using the pure-torch path ({type(err).__name__}: "
+                      f"{str(err).strip().splitlines()[-1] if str(err).strip() else ''})", stacklevel=2)
+        return None
+
+
+def _cpu_id() -> str:
+    """A short hash of this processor's model and instruction-set flags."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        import platform
+
+        info = platform.processor() + platform.machine()
+    lines = sorted({line for line in info.splitlines() if line.startswith(("model name", "flags", "Features"))})
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:10]
+
+
+def kernel_backend() -> str:
+    """'cpp' where the CPU kernels are built and used, else 'torch'."""
+    return "cpp" if _kernels() is not None else "torch"
+
+
 @dataclass(frozen=True)
 class SparsePlan:
     """A population's masks laid out for the kernels: built once, reused by every forward."""
     flat: torch.Tensor  # (N * units, k): rows of the (N * inputs, batch) input table
     pattern: torch.Tensor  # sparse CSR (N * units, N * inputs): where the weight gradient lives
     inputs: int
+    inverse: tuple | None = None  # for the C++ kernels: per agent, the mask read by input
+
+
+def _inverse(index: torch.Tensor, inputs: int) -> tuple:
+    """(ptr (N, inputs + 1), flat (N, units * k), unit (N, units * k)) as int32: the entries of
+    input i of agent n are flat[n, ptr[n, i]:ptr[n, i + 1]], weights of units unit[n, ...]."""
+    n, u, k = index.shape
+    by_input = torch.argsort(index.reshape(n, u * k), dim=1, stable=True)
+    counts = torch.zeros(n, inputs, dtype=torch.long).scatter_add_(1, index.reshape(n, u * k),
+                                                                   torch.ones(n, u * k, dtype=torch.long))
+    ptr = F.pad(counts.cumsum(1), (1, 0))
+    return tuple(t.to(torch.int32).contiguous() for t in (ptr, by_input, by_input // k))
 
 
 def sparse_plan(index: torch.Tensor, inputs: int) -> SparsePlan:
     """Plan for masks index (N, units, k) over `inputs` inputs per agent."""
     n, u, k = index.shape
+    inverse = _inverse(index, inputs) if index.device.type == "cpu" and _kernels() else None
     flat = (index + torch.arange(n, device=index.device).view(n, 1, 1) * inputs).view(n * u, k)
     crow = torch.arange(0, n * u * k + 1, k, device=index.device)
     with warnings.catch_warnings():  # sparse CSR is "beta" in torch; we rely only on sampled_addmm
         warnings.simplefilter("ignore", UserWarning)
         pattern = torch.sparse_csr_tensor(crow, flat.reshape(-1), torch.zeros(n * u * k, device=index.device),
                                           (n * u, n * inputs), check_invariants=False)
-    return SparsePlan(flat, pattern, inputs)
+    return SparsePlan(flat, pattern, inputs, inverse)
 
 
 class _SparseLinear(torch.autograd.Function):
@@ -594,11 +718,49 @@ class _SparseLinear(torch.autograd.Function):
         return grad_x, grad_w, None
 
 
+class _SparseReluCpp(torch.autograd.Function):
+    """relu(sparse_linear(x, weight, mask) + bias) in one C++ kernel that visits only the inputs
+    that are on somewhere in the batch, with bias and ReLU applied in the same pass."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, plan):
+        n, u, k = weight.shape
+        xt = x.transpose(1, 2).contiguous()  # (N, inputs, B)
+        flat_w = weight.reshape(n, u * k).contiguous()
+        out = _kernels().sparse_forward(xt, flat_w, bias.contiguous(), *plan.inverse)
+        ctx.save_for_backward(xt, flat_w, out)
+        ctx.plan, ctx.shape = plan, weight.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        xt, flat_w, out = ctx.saved_tensors
+        grad = torch.where(out > 0, grad_out, 0.0).contiguous()  # (N, units, B), through the ReLU
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[1]:
+            grad_w = _kernels().sparse_grad_weight(grad, xt, *ctx.plan.inverse, flat_w.shape[1]).view(ctx.shape)
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.sum(2)
+        if ctx.needs_input_grad[0]:
+            grad_x = _kernels().sparse_grad_input(grad, flat_w, *ctx.plan.inverse, xt.shape[1]).transpose(1, 2)
+        return grad_x, grad_w, grad_b, None
+
+
 def sparse_linear(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor | SparsePlan) -> torch.Tensor:
     """Each unit sees only its k inputs. x (N, B, inputs), weight and mask (N, units, k) ->
     (N, units, B). Equal to x @ dense-masked weight, in values and gradients."""
     plan = mask if isinstance(mask, SparsePlan) else sparse_plan(mask, x.shape[2])
     return _SparseLinear.apply(x, weight, plan)
+
+
+def sparse_relu_layer(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                      mask: torch.Tensor | SparsePlan) -> torch.Tensor:
+    """The sparse hidden layer: relu(sparse_linear(x, weight, mask) + bias), (N, units, B). On the
+    CPU in float32 it runs the C++ kernels where they are built, else (and on the GPU) pure torch."""
+    plan = mask if isinstance(mask, SparsePlan) else sparse_plan(mask, x.shape[2])
+    if plan.inverse is not None and x.dtype == weight.dtype == torch.float32:
+        return _SparseReluCpp.apply(x, weight, bias, plan)
+    return F.relu(_SparseLinear.apply(x, weight, plan) + bias.unsqueeze(2))
 
 
 def init_params(cfg: Config, seed: int, mask: torch.Tensor | None) -> dict[str, torch.Tensor]:
@@ -634,8 +796,8 @@ def q_values(params: dict[str, torch.Tensor], x: torch.Tensor, plan: SparsePlan 
         feats = F.relu(conv).view(b, n, -1).transpose(0, 1)  # (N, B, 1024)
         hidden = F.relu(torch.baddbmm(params["fc_b"].unsqueeze(1), feats, params["fc_w"].transpose(1, 2)))
     elif "index" in params:
-        pre = sparse_linear(x, params["hidden_w"], plan or params["index"])
-        hidden = F.relu(pre + params["hidden_b"].unsqueeze(2)).transpose(1, 2)  # (N, B, units)
+        hidden = sparse_relu_layer(x, params["hidden_w"], params["hidden_b"],
+                                   plan or params["index"]).transpose(1, 2)  # (N, B, units)
     else:  # a fully connected layer (dense, learned L1): one matmul beats any gather
         hidden = F.relu(torch.baddbmm(params["hidden_b"].unsqueeze(1), x, params["hidden_w"].transpose(1, 2)))
     # (N, B, units) @ (N, units, A): of the bmm layouts, the one whose per-agent results do not
@@ -708,6 +870,8 @@ class RunResult:
     algorithm_version: int = ALGORITHM_VERSION
     resumed_at: list[int] = dataclasses.field(default_factory=list)
     """Frames at which training resumed from a checkpoint (empty for a run in one go)."""
+    provenance: dict = dataclasses.field(default_factory=dict)
+    """Where and how the run was computed: command, machine, torch, kernels, device."""
     params: dict | None = dataclasses.field(default=None, repr=False, compare=False)
     """Final network parameters, in memory only: a run loaded from the store has none."""
 
@@ -744,8 +908,13 @@ class CentredRMSprop:
 
     @torch.no_grad()
     def step(self):
+        fused = _kernels() if all(p.device.type == "cpu" and p.dtype == torch.float32 for p in self.params) else None
         for p, sq, mean in zip(self.params, self.square_avg, self.grad_avg):
             g = p.grad
+            if fused is not None and p.is_contiguous() and g.is_contiguous():
+                fused.centred_rmsprop_step(p, g, sq, mean, self.lr, self.alpha, self.eps)
+                p.grad = None
+                continue
             sq.mul_(self.alpha).addcmul_(g, g, value=1 - self.alpha)
             mean.lerp_(g, 1 - self.alpha)
             avg = sq.addcmul(mean, mean, value=-1).clamp_min_(0).sqrt_().add_(self.eps)
@@ -846,7 +1015,7 @@ def build_mask(cfg: Config, seed: int, learned_l1_mask: torch.Tensor | None = No
     return None, []
 
 
-def train_population(agents: Sequence[tuple[Config, int]], progress: bool = True,
+def train_population(agents: Sequence[tuple[Config, int]], progress: bool | Callable[[int], None] = True,
                      l1_masks: dict[tuple[Config, int], torch.Tensor] | None = None,
                      checkpoint: Path | None = None) -> list[RunResult]:
     """Train agents (config, seed) of one game in lockstep: one env step each per frame, one update
@@ -897,7 +1066,10 @@ def train_population(agents: Sequence[tuple[Config, int]], progress: bool = True
             g.load_state_dict(gs)
     obs = game.observe()
 
-    bar = _progress(cfg0.frames, n, progress, first_frame)
+    bar = _progress(cfg0.frames, n, progress is True, first_frame)
+    report = progress if callable(progress) else None
+    if report is not None:
+        report(n * first_frame)
     frame = first_frame
     while frame < cfg0.frames:
         # One block of frames: its draws come in bulk, its episode ends reach the host at its end.
@@ -923,10 +1095,13 @@ def train_population(agents: Sequence[tuple[Config, int]], progress: bool = True
             next_obs = game.observe()
             replay.add(replay.pack(obs), actions, reward, replay.pack(next_obs), done)
             episode_return += reward
-            ended[t], ended_return[t] = done.bool(), episode_return
+            ended[t], ended_return[t] = done, episode_return
             episode_return = episode_return * (1 - done)
-            game.reset(done.bool(), u["reset"][:, t])
-            obs = game.observe()
+            ended_now = done.bool()
+            if device.type != "cpu" or ended_now.any():  # on the CPU, a check is cheaper than a reset
+                game.reset(ended_now, u["reset"][:, t])
+                next_obs = game.observe()
+            obs = next_obs
 
             if frame >= cfg0.learning_starts:
                 idx = (u_replay[:, t] * replay.size).long()
@@ -951,6 +1126,8 @@ def train_population(agents: Sequence[tuple[Config, int]], progress: bool = True
                 "resumed_at": resumed_at, "wall": time.perf_counter() - start,
                 "episode_return": episode_return, "game": game.state_dict(),
                 "replay": replay.state_dict(), "groups": [g.state_dict() for g in groups]})
+        if report is not None:
+            report(n * block)
         if bar is not None:
             recent = [np.mean(e[1][-100:]) for e in episodes if e[1]]
             bar.update(frame - bar.n)
@@ -967,8 +1144,18 @@ def train_population(agents: Sequence[tuple[Config, int]], progress: bool = True
         if cfg.arch == "l1" and cfg.regime == "learned":
             mask = l1_mask(final["hidden_w"], cfg.k, seed).tolist()
         results.append(RunResult(cfg, seed, episodes[i][0], episodes[i][1], sparsity[i],
-                                 pan_logs[i], mask, wall, resumed_at=resumed_at, params=final))
+                                 pan_logs[i], mask, wall, resumed_at=resumed_at,
+                                 provenance=_provenance(cfg0, n), params=final))
     return results
+
+
+def _provenance(cfg: Config, agents: int) -> dict:
+    import platform
+
+    return {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "machine": platform.node(),
+            "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
+            "kernels": kernel_backend() if cfg.device == "cpu" else "torch", "device": cfg.device,
+            "population": agents}
 
 
 # Frames per block of the training loop: draws are made, and episode ends collected, per block.
@@ -1073,7 +1260,7 @@ def checkpoint_path(results_dir: str | Path | None, agents: Sequence[tuple[Confi
 
 
 def train(configs: Config | Sequence[Config], seeds: Sequence[int], results_dir: str | Path | None = None,
-          progress: bool = True) -> list[RunResult]:
+          progress: bool | Callable[[int], None] = True) -> list[RunResult]:
     """Train every (config, seed) pair of one game as one population and return their results.
 
     With results_dir, completed runs are loaded instead of recomputed, and new ones are saved there
@@ -1083,8 +1270,16 @@ def train(configs: Config | Sequence[Config], seeds: Sequence[int], results_dir:
     wanted = [(cfg, int(s)) for cfg in configs for s in seeds]
     if not wanted:
         raise ValueError("seeds=[] is not allowed; expected at least one seed")
+    return train_runs(wanted, results_dir, progress)
+
+
+def train_runs(wanted: Sequence[tuple[Config, int]], results_dir: str | Path | None = None,
+               progress: bool | Callable[[int], None] = True) -> list[RunResult]:
+    """train() for any list of (config, seed) pairs of one game. progress may be a function, called
+    with the agent-frames done as they are done (a sweep's one progress bar)."""
+    wanted = list(wanted)
     _check_population(wanted)
-    check_device(configs[0].device)
+    check_device(wanted[0][0].device)
     if results_dir is not None:
         check_results_dir(results_dir)
     done = {}
@@ -1159,6 +1354,12 @@ class Profile:
     seeds: tuple[int, ...]
     schedule: dict = dataclasses.field(default_factory=dict)
     l1_coefs: tuple[float, ...] = (1e-6, 1e-5, 1e-4)
+    l1_seeds: tuple[int, ...] | None = None
+    """Seeds of the L1 coefficient sweep; None: the profile's seeds."""
+
+    @property
+    def coef_seeds(self) -> tuple[int, ...]:
+        return self.seeds if self.l1_seeds is None else self.l1_seeds
 
 
 PROFILES = {
@@ -1168,6 +1369,8 @@ PROFILES = {
     "quick": Profile(10_000, (0, 1), dict(learning_starts=1_000, eps_decay_frames=5_000,
                                           replay_size=10_000, target_update=250, pan_frames=20_000,
                                           log_every=1_000)),
+    # MinAtar's reference DQN schedule unchanged, a tenth of its frames, 5 seeds (3 per L1 coefficient).
+    "study": Profile(500_000, tuple(range(5)), l1_coefs=(1e-6, 1e-5, 1e-4), l1_seeds=(0, 1, 2)),
     "paper": Profile(5_000_000, tuple(range(30)), l1_coefs=(1e-6, 1e-5, 1e-4, 1e-3)),
 }
 
@@ -1295,6 +1498,113 @@ def channel_names(env: str) -> tuple[str, ...]:
 
 
 # ----------------------------------------------------------------------------------------------
+# Sweeps: every run a profile's notebooks need, in populations, on this machine or on Slurm
+# ----------------------------------------------------------------------------------------------
+FIGURE_ARCHS = ("dense", "random", "spatial", "predictive", "l1")
+
+
+def profile_runs(profile: str, envs: Sequence[str] = tuple(CHANNELS), **fields) -> list[tuple[Config, int]]:
+    """Every (config, seed) that chapters 03 to 05 of a profile read: each arch x regime of
+    Figures 1 and 2, minatar_cnn, and the L1 coefficient sweep; learned runs first, so that the
+    frozen L1 runs find their masks."""
+    profile_config(profile)  # rejects an unknown profile
+    p = PROFILES[profile]
+    runs = []
+    for env in envs:
+        for regime in ("learned", "frozen"):
+            runs += [(profile_config(profile, env=env, arch=a, regime=regime, **fields), s)
+                     for a in FIGURE_ARCHS for s in p.seeds]
+        runs += [(profile_config(profile, env=env, arch="minatar_cnn", **fields), s) for s in p.seeds]
+        runs += [(profile_config(profile, env=env, arch="l1", l1_coef=c, **fields), s)
+                 for c in p.l1_coefs for s in p.coef_seeds]
+    return sorted(dict.fromkeys(runs), key=lambda r: r[0].arch == "l1" and r[0].regime == "frozen")
+
+
+def plan_populations(runs: Sequence[tuple[Config, int]], max_agents: int) -> list[list[tuple[Config, int]]]:
+    """Runs grouped into populations of one game, at most max_agents each, in the given order."""
+    by_env = defaultdict(list)
+    for run in runs:
+        by_env[run[0].env].append(run)
+    return [group[i:i + max_agents] for group in by_env.values() for i in range(0, len(group), max_agents)]
+
+
+class SweepJob:
+    """One population of a sweep as a callable, for submitit: rerun after preemption or a time
+    limit, it resumes from the population's checkpoint."""
+
+    def __init__(self, runs, results_dir):
+        self.runs, self.results_dir = runs, str(results_dir)
+
+    def __call__(self) -> int:
+        return len(train_runs(self.runs, self.results_dir, progress=False))
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(SweepJob(self.runs, self.results_dir))
+
+
+def measured_rate(population: Sequence[tuple[Config, int]], frames: int = 400) -> float:
+    """Agent-steps/s of a short run of this population's shape (half of it learning)."""
+    short = [(dataclasses.replace(c, frames=frames, learning_starts=frames // 2, pan_frames=min(c.pan_frames, 5_000)), s)
+             for c, s in population]
+    start = time.perf_counter()
+    train_runs(short, None, progress=False)
+    return len(short) * frames / (time.perf_counter() - start)
+
+
+def sweep(profile: str, envs: Sequence[str], results_dir: str | Path, max_agents: int = 64,
+          executor: str = "local", dry_run: bool = False, slurm: dict | None = None, progress: bool = True,
+          device: str = "cpu"):
+    """Train every run of a profile that results_dir lacks (resuming checkpointed populations),
+    grouped into populations of at most max_agents; or, with dry_run, print the plan and its
+    expected time from a short measured rate. Returns the populations it planned."""
+    runs = profile_runs(profile, envs, device=device)
+    todo = [r for r in runs if load_run(results_dir, *r) is None]
+    populations = plan_populations(todo, max_agents)
+    steps = sum(c.frames for c, _ in todo)
+    if dry_run:
+        print(f"{profile}: {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to train in "
+              f"{len(populations)} populations ({steps:,} agent-steps)")
+        for i, pop in enumerate(populations):
+            kinds = sorted({f"{c.arch}/{c.regime}" for c, _ in pop})
+            print(f"  population {i}: {pop[0][0].env}, {len(pop)} agents: {', '.join(kinds)}")
+        if populations:
+            rate = measured_rate(populations[0])
+            print(f"measured {rate:,.0f} agent-steps/s on a population of {len(populations[0])}: "
+                  f"about {steps / rate / 3600:.1f} hours on this machine")
+        return populations
+    if executor == "slurm":
+        return _sweep_slurm(populations, results_dir, slurm or {})
+    from tqdm import tqdm
+
+    bar = tqdm(total=sum(c.frames for c, _ in runs), initial=sum(c.frames for c, _ in runs) - steps,
+               unit="agent-frame", unit_scale=True, desc=f"sweep {profile}", file=sys.stderr,
+               mininterval=5.0, disable=not progress)
+    for pop in populations:
+        train_runs(pop, results_dir, progress=bar.update)
+    bar.close()
+    return populations
+
+
+def _sweep_slurm(populations, results_dir, options: dict):
+    """One Slurm job per population through submitit; a preempted or timed-out job is requeued
+    and resumes from its checkpoint. Waits for every job."""
+    import submitit
+
+    from sparse_dqn import SweepJob as Job  # by module name, not __main__, so that jobs unpickle it
+
+    ex = submitit.AutoExecutor(folder=Path(results_dir) / ".submitit", cluster="slurm")
+    here = str(Path(__file__).resolve().parent)
+    ex.update_parameters(slurm_setup=[f"export PYTHONPATH={here}${{PYTHONPATH:+:$PYTHONPATH}}"],
+                         **{k: v for k, v in options.items() if v is not None})
+    jobs = [ex.submit(Job(pop, str(Path(results_dir).resolve()))) for pop in populations]
+    for job in jobs:
+        job.result()
+    return populations
+
+
+# ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------
 class _Parser(argparse.ArgumentParser):
@@ -1324,12 +1634,29 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--seeds", type=int, nargs="+", default=[0], help="agent seeds")
     tr.add_argument("--out", type=Path, default=Path("results"), help="results directory")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    sw = sub.add_parser("sweep", help="train every run a book profile needs, resumably",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sw.add_argument("--profile", required=True, choices=list(PROFILES), help="book profile")
+    sw.add_argument("--envs", nargs="+", default=list(CHANNELS), choices=list(CHANNELS))
+    sw.add_argument("--out", type=Path, help="results directory (default: results/<profile>)")
+    sw.add_argument("--device", default="cpu", help="torch device of every population")
+    sw.add_argument("--max-agents", type=int, default=64, help="agents per population")
+    sw.add_argument("--executor", choices=["local", "slurm"], default="local")
+    sw.add_argument("--dry-run", action="store_true", help="print the plan and its expected time")
+    sw.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for name, kind, doc in [("partition", str, "Slurm partition"), ("time-min", int, "job time limit, minutes"),
+                            ("gpus", int, "GPUs per job"), ("cpus", int, "CPUs per job"),
+                            ("mem-gb", int, "memory per job, GB")]:
+        sw.add_argument("--slurm-" + name, type=kind, help=doc)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "sweep":
+        return _sweep_command(parser, args)
     fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)}
     try:
         cfg = Config(**fields)
@@ -1342,6 +1669,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{cfg.env} {cfg.arch} {cfg.regime} seed {run.seed}: {len(run.episode_returns)} episodes, "
               f"mean return of the last 100 = {run.final_return():.2f} -> "
               f"{result_path(args.out, cfg, run.seed)}")
+    return 0
+
+
+def _sweep_command(parser, args) -> int:
+    out = args.out or Path("results") / args.profile
+    try:
+        if args.max_agents < 1:
+            raise ValueError(f"--max-agents={args.max_agents} is not allowed; expected an integer >= 1")
+        check_device(args.device)
+        if not args.dry_run:
+            check_results_dir(out)
+    except ValueError as err:
+        parser.error(str(err))
+    slurm = {"slurm_partition": args.slurm_partition, "timeout_min": args.slurm_time_min,
+             "gpus_per_node": args.slurm_gpus, "cpus_per_task": args.slurm_cpus, "mem_gb": args.slurm_mem_gb}
+    sweep(args.profile, args.envs, out, args.max_agents, args.executor, args.dry_run, slurm,
+          progress=not args.no_progress, device=args.device)
     return 0
 
 

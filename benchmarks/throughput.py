@@ -1,11 +1,12 @@
-"""Agent-steps per second of population training: an env step and one DQN update (batch 32,
-replay sampling included) per agent per frame, for populations of 1, 8, 32 and 64, measured in
-one run so that the ratios are comparable on a shared, noisy machine.
+"""Agent-steps per second of population training (an env step and one DQN update, batch 32,
+replay sampling included, per agent per frame) for every architecture and regime, both games,
+and populations of 1 to 256 (or more, on a GPU), measured in one run so that the ratios are
+comparable on a shared, noisy machine.
 
-    python benchmarks/throughput.py --json throughput.json
+    python benchmarks/throughput.py --json benchmarks/throughput.json
+    python benchmarks/throughput.py --device cuda --populations 64 256 1024 --archs spatial
 """
 import argparse
-import dataclasses
 import json
 import platform
 import sys
@@ -17,45 +18,55 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import sparse_dqn as sd  # noqa: E402
 
+# Frozen L1 is a sparse frozen layer like any other mask; it is timed as random/frozen.
+CASES = [(arch, regime) for arch in sd.ARCHS for regime in sd.REGIMES if (arch, regime) != ("l1", "frozen")]
 
-def measure(cfg: sd.Config, agents: int) -> float:
-    """Agent-steps/s over `frames` learning frames (after a short replay warm-up)."""
-    pop = [(cfg, seed) for seed in range(agents)]
-    warm = dataclasses.replace(cfg, frames=cfg.learning_starts + 20)
-    sd.train_population([(warm, s) for _, s in pop], progress=False)  # first-touch costs
+
+def measure(env: str, arch: str, regime: str, agents: int, learning_frames: int, device: str) -> float:
+    """Agent-steps/s over `learning_frames` frames that all update (after a 200-frame warm-up)."""
+    fields = dict(env=env, arch=arch, regime=regime, learning_starts=200, replay_size=10_000,
+                  pan_frames=5_000, device=device)
+    seeds = list(range(agents))
+    sd.train(sd.Config(frames=260, **fields), seeds, progress=False)  # first-touch and PAN costs
+    cfg = sd.Config(frames=200 + learning_frames, **fields)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
     start = time.perf_counter()
-    sd.train_population(pop, progress=False)
-    wall = time.perf_counter() - start
-    return agents * (cfg.frames - cfg.learning_starts) / wall
+    sd.train(cfg, seeds, progress=False)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return agents * cfg.frames / (time.perf_counter() - start)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--json", type=Path, required=True, help="where to write the results")
-    parser.add_argument("--populations", type=int, nargs="+", default=[1, 8, 32, 64])
-    parser.add_argument("--envs", nargs="+", default=list(sd.CHANNELS))
-    parser.add_argument("--arch", default="spatial")
-    parser.add_argument("--regimes", nargs="+", default=list(sd.REGIMES))
-    parser.add_argument("--agent-steps", type=int, default=12_000,
+    parser.add_argument("--json", type=Path, help="where to write the results")
+    parser.add_argument("--populations", type=int, nargs="+", default=[1, 8, 64, 256])
+    parser.add_argument("--envs", nargs="+", default=list(sd.CHANNELS), choices=list(sd.CHANNELS))
+    parser.add_argument("--archs", nargs="+", default=list(sd.ARCHS), choices=sd.ARCHS)
+    parser.add_argument("--regimes", nargs="+", default=list(sd.REGIMES), choices=sd.REGIMES)
+    parser.add_argument("--agent-steps", type=int, default=6_400,
                         help="learning agent-steps per measurement (split over the population)")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    sd.check_device(args.device)
 
     out = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-           "threads": torch.get_num_threads(), "arch": args.arch, "results": {}}
-    top, bottom = max(args.populations), min(args.populations)
+           "threads": torch.get_num_threads(), "device": args.device,
+           "gpu": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else None,
+           "kernels": sd.kernel_backend() if args.device == "cpu" else "torch", "results": {}}
     for env in args.envs:
-        for regime in args.regimes:
+        for arch, regime in CASES:
+            if arch not in args.archs or regime not in args.regimes:
+                continue
             rates = {}
             for n in args.populations:
-                frames = max(100, args.agent_steps // n)
-                cfg = sd.Config(env=env, arch=args.arch, regime=regime, learning_starts=200,
-                                frames=200 + frames)
-                rates[n] = measure(cfg, n)
-                print(f"{env:15s} {regime:8s} population {n:3d}: {rates[n]:8.0f} agent-steps/s", flush=True)
-            ratio = rates[top] / rates[bottom]
-            out["results"][f"{env}/{regime}"] = {"agent_steps_per_s": rates, f"ratio_{top}_to_{bottom}": ratio}
-            print(f"{env:15s} {regime:8s} ratio {top} vs {bottom}: {ratio:.2f}x", flush=True)
-    args.json.write_text(json.dumps(out, indent=2))
+                rates[n] = measure(env, arch, regime, n, max(50, args.agent_steps // n), args.device)
+                print(f"{env:15s} {arch:11s} {regime:8s} population {n:5d}: {rates[n]:9.0f} agent-steps/s",
+                      flush=True)
+            out["results"][f"{env}/{arch}/{regime}"] = rates
+            if args.json:  # written as it goes: an interrupted run keeps what it measured
+                args.json.write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

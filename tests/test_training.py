@@ -119,7 +119,8 @@ def random_policy_return(episodes=200):
 def test_short_breakout_run_beats_the_random_policy():
     cfg = sd.Config(arch="spatial", regime="learned", frames=15_000, learning_starts=1_000,
                     eps_decay_frames=8_000, target_update=250, replay_size=20_000)
-    runs = sd.train(cfg, [0, 1], progress=False)
+    # 4 seeds: at 15,000 frames one seed in four can still be near random play
+    runs = sd.train(cfg, [0, 1, 2, 3], progress=False)
     trained = np.mean([r.final_return(last=20) for r in runs])
     baseline = random_policy_return()
     assert 0.3 < baseline < 0.8
