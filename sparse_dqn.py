@@ -560,13 +560,15 @@ def mask_centres(cfg: Config, seed: int) -> torch.Tensor:
     return predictive_centres(cfg, seed) if cfg.arch == "predictive" else unit_centres(cfg)
 
 
-def unit_centred_on(cfg: Config, seed: int, centre: int) -> int:
-    """The first hidden unit centred on input `centre`."""
-    units = torch.nonzero(mask_centres(cfg, seed) == centre).flatten()
-    if len(units) == 0:
-        raise ValueError(f"centre={centre} is not allowed for {cfg.arch} in {cfg.env}: no unit is centred there "
-                         "(its input never varied in PAN's data)")
-    return int(units[0])
+def unit_nearest(cfg: Config, seed: int, centre: int) -> tuple[int, int]:
+    """(unit, its centre): the first hidden unit centred on input `centre` or, where none is (a
+    predictive centre that never varied in PAN's data), on the nearest input that has one,
+    preferring the same channel."""
+    centres = mask_centres(cfg, seed)
+    coords = input_coords(cfg.env).float()
+    gap = (coords[centres] - coords[centre]).abs() * torch.tensor([GRID * GRID, 1.0, 1.0])
+    unit = int(torch.argmin(gap.sum(1)))  # the first of the nearest
+    return unit, int(centres[unit])
 
 
 def predictive_mask(cfg: Config, seed: int) -> tuple[torch.Tensor, list]:
@@ -1356,6 +1358,9 @@ class Profile:
     l1_coefs: tuple[float, ...] = (1e-6, 1e-5, 1e-4)
     l1_seeds: tuple[int, ...] | None = None
     """Seeds of the L1 coefficient sweep; None: the profile's seeds."""
+    trains_in_book: bool = True
+    """False: the book only reads this profile's runs (made by `sweep`), and refuses to start
+    while any is missing rather than train for hours."""
 
     @property
     def coef_seeds(self) -> tuple[int, ...]:
@@ -1370,7 +1375,8 @@ PROFILES = {
                                           replay_size=10_000, target_update=250, pan_frames=20_000,
                                           log_every=1_000)),
     # MinAtar's reference DQN schedule unchanged, a tenth of its frames, 5 seeds (3 per L1 coefficient).
-    "study": Profile(500_000, tuple(range(5)), l1_coefs=(1e-6, 1e-5, 1e-4), l1_seeds=(0, 1, 2)),
+    "study": Profile(500_000, tuple(range(5)), l1_coefs=(1e-6, 1e-5, 1e-4), l1_seeds=(0, 1, 2),
+                     trains_in_book=False),
     "paper": Profile(5_000_000, tuple(range(30)), l1_coefs=(1e-6, 1e-5, 1e-4, 1e-3)),
 }
 
@@ -1505,19 +1511,34 @@ FIGURE_ARCHS = ("dense", "random", "spatial", "predictive", "l1")
 
 def profile_runs(profile: str, envs: Sequence[str] = tuple(CHANNELS), **fields) -> list[tuple[Config, int]]:
     """Every (config, seed) that chapters 03 to 05 of a profile read: each arch x regime of
-    Figures 1 and 2, minatar_cnn, and the L1 coefficient sweep; learned runs first, so that the
-    frozen L1 runs find their masks."""
+    Figures 1 and 2, minatar_cnn, and the L1 coefficient sweep. Frozen runs come first (they are
+    the cheapest) and frozen L1 last, after the learned L1 runs whose masks it takes."""
     profile_config(profile)  # rejects an unknown profile
     p = PROFILES[profile]
     runs = []
     for env in envs:
-        for regime in ("learned", "frozen"):
+        for regime in ("frozen", "learned"):
             runs += [(profile_config(profile, env=env, arch=a, regime=regime, **fields), s)
                      for a in FIGURE_ARCHS for s in p.seeds]
         runs += [(profile_config(profile, env=env, arch="minatar_cnn", **fields), s) for s in p.seeds]
         runs += [(profile_config(profile, env=env, arch="l1", l1_coef=c, **fields), s)
                  for c in p.l1_coefs for s in p.coef_seeds]
-    return sorted(dict.fromkeys(runs), key=lambda r: r[0].arch == "l1" and r[0].regime == "frozen")
+    return sorted(dict.fromkeys(runs), key=lambda r: (r[0].arch == "l1" and r[0].regime == "frozen", r[0].env))
+
+
+def missing_runs(profile: str, results_dir: str | Path) -> str | None:
+    """None if results_dir holds every run of the profile; else one line naming what is missing
+    (and whether it is stale: stored under another algorithm version or configuration) and the
+    command that makes it."""
+    missing = [(c, s) for c, s in profile_runs(profile) if not result_path(results_dir, c, s).exists()]
+    if not missing:
+        return None
+    stale = sum(1 for c, s in missing
+                if any(Path(results_dir).glob(f"{c.env}_{c.arch}_{c.regime}_*/seed_{s}.json")))
+    first = result_path(results_dir, *missing[0]).relative_to(results_dir)
+    return (f"{len(missing)} of {len(profile_runs(profile))} runs of profile {profile} are missing from {results_dir}"
+            + (f" ({stale} stored under another algorithm version or configuration)" if stale else "")
+            + f", e.g. {first}; make them with: python sparse_dqn.py sweep --profile {profile} --out {results_dir}")
 
 
 def plan_populations(runs: Sequence[tuple[Config, int]], max_agents: int) -> list[list[tuple[Config, int]]]:

@@ -93,3 +93,18 @@ def test_top_k_breaks_ties_without_favouring_low_indices():
     assert (chosen[:, 0] == 10).all()
     counts = torch.bincount(chosen[:, 1:].flatten(), minlength=50)
     assert counts[10] == 0 and counts[:25].sum() / counts.sum() == pytest.approx(0.5, abs=0.05)
+
+
+def test_predictive_units_move_off_centres_that_never_vary_and_keep_their_counts():
+    cfg = sd.Config(arch="predictive", pan_frames=2_000)
+    report = sd.pan_report(cfg, 0)
+    assert report["never varied"] > 100  # a random paddle leaves most ball cells dark
+    assert report["zero-evidence inputs"] == 0.0
+    legacy = sd.pan_report(sd.dataclasses.replace(cfg, pan_idle="random"), 0)
+    assert legacy["zero-evidence inputs"] > 0.3
+    mask, _ = sd.build_mask(cfg, 0)
+    assert mask.shape == (cfg.hidden_units, cfg.k)
+    centres = sd.mask_centres(cfg, 0)
+    unit, centre = sd.unit_nearest(cfg, 0, 145)  # the ball at row 4, column 5
+    assert int(centres[unit]) == centre and centre // 100 == 1
+    assert sd.unit_nearest(sd.Config(arch="spatial"), 0, 145) == (145, 145)

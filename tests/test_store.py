@@ -67,3 +67,21 @@ def test_the_store_key_survives_edits_that_leave_training_alone(tmp_path):
     key = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert key == sd.Config().key()
     assert sd.dataclasses.replace(sd.Config(), device="cuda", checkpoint_every=7).key() == sd.Config().key()
+
+
+def test_the_study_book_refuses_to_train_and_names_what_is_missing(tmp_path):
+    store = tmp_path / "results" / "study"
+    cfg, seed = sd.profile_runs("study")[0]
+    stale = store / f"{cfg.env}_{cfg.arch}_{cfg.regime}_0123456789ab" / f"seed_{seed}.json"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("{}")  # a run stored under an older algorithm version
+    line = sd.missing_runs("study", store)
+    total = len(sd.profile_runs("study"))
+    assert f"{total} of {total} runs of profile study are missing" in line
+    assert "1 stored under another algorithm version" in line
+    assert "python sparse_dqn.py sweep --profile study" in line
+    proc = subprocess.run([sys.executable, str(Path(sd.__file__).parent / "tools" / "build_book.py"),
+                           "--profile", "study", "--root", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [f"error: {sd.missing_runs('study', store)}"]
+    assert not (tmp_path / "executed").exists()  # stopped before any notebook ran

@@ -79,6 +79,10 @@ def main():
 
     start = time.perf_counter()
     root = args.root.resolve()
+    if not sd.PROFILES[args.profile].trains_in_book:
+        problem = sd.missing_runs(args.profile, root / "results" / args.profile)
+        if problem:
+            sys.exit(f"error: {problem}")
     offline = fetch_static()
     if root != ROOT:
         for name in ("_config.yml", "_toc.yml", "book", "_vendor"):
