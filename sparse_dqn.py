@@ -884,11 +884,14 @@ class RunResult:
     def to_json(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "params"}
         out["config"] = dataclasses.asdict(self.config)
+        # MinAtar's returns are whole numbers: "3" rather than "3.0" keeps a study's files small
+        out["episode_returns"] = [int(r) if float(r).is_integer() else r for r in self.episode_returns]
         return out
 
     @classmethod
     def from_json(cls, blob: dict) -> "RunResult":
         blob = dict(blob, config=Config(**blob["config"]))
+        blob["episode_returns"] = [float(r) for r in blob["episode_returns"]]
         if "code_version" in blob:  # stored before results were keyed by algorithm version
             del blob["code_version"]
             blob["algorithm_version"] = 1
@@ -1205,7 +1208,7 @@ def _write_atomic(path: Path, blob: dict):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(blob, f)
+            json.dump(blob, f, separators=(",", ":"))
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
