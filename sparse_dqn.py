@@ -1058,6 +1058,9 @@ def train_population(agents: Sequence[tuple[Config, int]], progress: bool | Call
     episodes = [([], []) for _ in range(n)]
     sparsity = [[] for _ in range(n)]
     first_frame, updates, resumed_at = 0, 0, []
+    if checkpoint is not None:  # what a killed writer of this population left half-written
+        for stale in Path(checkpoint).parent.glob(f".tmp-{Path(checkpoint).stem}-*"):
+            stale.unlink(missing_ok=True)
     if checkpoint is not None and Path(checkpoint).exists():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
         first_frame, updates, episodes, sparsity, resumed_at = (
@@ -1176,7 +1179,7 @@ def _next_stop(cfg: Config, frame: int) -> int:
 def _save_checkpoint(path: Path, state: dict):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".pt")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.stem}-", suffix=".pt")
     os.close(fd)
     try:
         torch.save(state, tmp)

@@ -23,14 +23,14 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_bit_identical(tmp_pat
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=Path(sd.__file__).parent)
     checkpoints = tmp_path / ".checkpoints"
     deadline = time.monotonic() + 300
-    while not (checkpoints.exists() and list(checkpoints.glob("*.pt"))):
+    while not (checkpoints.exists() and list(checkpoints.glob("[!.]*.pt"))):  # not a temporary file
         assert proc.poll() is None, "the run ended before its first checkpoint"
         assert time.monotonic() < deadline
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert not list(tmp_path.glob("*/seed_*.json"))  # killed mid-run: nothing finished
-    saved = torch.load(next(checkpoints.glob("*.pt")), weights_only=False)["frame"]
+    saved = torch.load(next(checkpoints.glob("[!.]*.pt")), weights_only=False)["frame"]
     assert 0 < saved < SMALL["frames"]
 
     resumed = sd.train(configs, [0, 1], tmp_path, progress=False)
@@ -42,7 +42,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_bit_identical(tmp_pat
         assert a.params.keys() == b.params.keys()
         for name in a.params:
             assert torch.equal(a.params[name], b.params[name]), name
-    assert not list(checkpoints.glob("*.pt"))  # done: the checkpoint is gone
+    assert not list(checkpoints.glob("*.pt"))  # done: the checkpoint and any half-written one are gone
     assert len(list(tmp_path.glob("*/seed_*.json"))) == 4
 
 
