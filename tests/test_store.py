@@ -1,6 +1,5 @@
 """The result store and checkpoints: computed work survives kills, edits and corrupt files."""
 import json
-import os
 import signal
 import subprocess
 import sys
