@@ -453,10 +453,7 @@ def dense_mask(cfg: Config) -> torch.Tensor:
 def spatial_mask(cfg: Config) -> torch.Tensor:
     """The k inputs nearest each centre on the grid (Euclidean on row, col; all channels of a
     location are equally near); ties go to the lower flat index, so the mask is deterministic."""
-    rc = input_coords(cfg.env)[:, 1:].float()
-    dist = torch.cdist(rc, rc)  # (centre, input)
-    order = torch.argsort(dist, dim=1, stable=True)[:, : cfg.k]
-    return order[unit_centres(cfg)]
+    return _nearest_first(cfg.env)[:, : cfg.k][unit_centres(cfg)]
 
 
 def random_mask(cfg: Config, seed: int) -> torch.Tensor:
@@ -535,6 +532,11 @@ def _pan(env: str, seed: int, frames: int, gamma: float, lam: float, step: float
     return w, log, torch.from_numpy(on / frames)
 
 
+def _pan_of(cfg: Config, seed: int):
+    return _pan(cfg.env, seed, cfg.pan_frames, cfg.pan_gamma, cfg.pan_lambda, cfg.pan_step_size,
+                cfg.sticky_action_prob, cfg.difficulty_ramping)
+
+
 def _nearest_first(env: str) -> torch.Tensor:
     """(inputs, inputs): for each centre, every input ordered by grid distance (spatial's order)."""
     rc = input_coords(env)[:, 1:].float()
@@ -549,8 +551,7 @@ def predictive_centres(cfg: Config, seed: int) -> torch.Tensor:
     centres = unit_centres(cfg)
     if cfg.pan_idle != "move":
         return centres
-    on_rate = _pan(cfg.env, seed, cfg.pan_frames, cfg.pan_gamma, cfg.pan_lambda, cfg.pan_step_size,
-                   cfg.sticky_action_prob, cfg.difficulty_ramping)[2]
+    on_rate = _pan_of(cfg, seed)[2]
     varies = torch.nonzero((on_rate > 0) & (on_rate < 1)).flatten()
     return varies[torch.arange(cfg.hidden_units) % len(varies)] if len(varies) else centres
 
@@ -576,8 +577,7 @@ def predictive_mask(cfg: Config, seed: int) -> tuple[torch.Tensor, list]:
     trained on `pan_frames` frames of a uniformly random policy, then fixed. Inputs with equal |w|
     (most often zero: no evidence) are taken nearest the centre first, or at random with
     pan_idle='random'. Returns the mask and the predictors' TD-error curve."""
-    w, log, _ = _pan(cfg.env, seed, cfg.pan_frames, cfg.pan_gamma, cfg.pan_lambda, cfg.pan_step_size,
-                     cfg.sticky_action_prob, cfg.difficulty_ramping)
+    w, log, _ = _pan_of(cfg, seed)
     if cfg.pan_idle == "random":
         return top_k_by_magnitude(w, cfg.k, seed)[unit_centres(cfg)], log
     near = _nearest_first(cfg.env)
@@ -589,8 +589,7 @@ def pan_report(cfg: Config, seed: int) -> dict:
     """How predictive a predictive mask is: cumulants that never varied in PAN's data, the share
     of mask inputs chosen with no evidence (|w| = 0), the mean grid distance of a unit's inputs
     to its centre, and the predictors' final TD error."""
-    w, log, on_rate = _pan(cfg.env, seed, cfg.pan_frames, cfg.pan_gamma, cfg.pan_lambda, cfg.pan_step_size,
-                           cfg.sticky_action_prob, cfg.difficulty_ramping)
+    w, log, on_rate = _pan_of(cfg, seed)
     mask, _ = predictive_mask(cfg, seed)
     centres = predictive_centres(cfg, seed)
     rc = input_coords(cfg.env)[:, 1:].float()
