@@ -53,7 +53,7 @@ def _field(default, doc: str):
 @dataclass(frozen=True)
 class Config:
     env: str = _field("breakout", "MinAtar game: breakout or space_invaders")
-    arch: str = _field("spatial", "hidden-layer connectivity: " + ", ".join(ARCHS))
+    arch: str = _field("spatial", "hidden-layer connectivity: " + ", ".join(ARCHS) + ", or a name given to register_mask")
     regime: str = _field("learned", "hidden weights frozen at initialisation, or learned end to end")
     hidden_units: int = _field(1200, "hidden units of every sparse architecture and of L1's dense layer")
     fan_in: int = _field(0, "inputs per sparse hidden unit (k); 0 means 9 x channels, a 3x3 patch")
@@ -90,8 +90,8 @@ class Config:
 
         if self.env not in CHANNELS:
             bad("env", "one of " + ", ".join(CHANNELS))
-        if self.arch not in ARCHS:
-            bad("arch", "one of " + ", ".join(ARCHS))
+        if self.arch not in ARCHS and self.arch not in MASKS:
+            bad("arch", "one of " + ", ".join(ARCHS + tuple(MASKS)) + " (register_mask adds your own)")
         if self.regime not in REGIMES:
             bad("regime", "one of " + ", ".join(REGIMES))
         if self.pan_idle not in PAN_IDLE:
@@ -605,6 +605,51 @@ def l1_mask(hidden_weights: torch.Tensor, k: int, seed: int) -> torch.Tensor:
     return top_k_by_magnitude(hidden_weights, k, seed)
 
 
+MASKS: dict[str, Callable[[Config, int], torch.Tensor]] = {}
+"""Masks registered by users: name -> function of (Config, seed) returning a (hidden_units, k) tensor of input indices."""
+_MASK_DIGESTS: dict = {}
+
+
+def register_mask(name: str, fn: Callable[[Config, int], torch.Tensor] | None = None):
+    """Make your own connectivity an architecture: `fn(cfg, seed)` returns, for each of the
+    cfg.hidden_units units, its cfg.k input indices (unit u is centred on input u mod input size,
+    as spatial's units are). Then `Config(arch=name)` trains it in either regime, and the CLI
+    (`--masks FILE`), the sweep and the notebooks take the name. Stored runs are keyed by the
+    mask's contents, so a changed mask never reuses old runs. Usable as a decorator."""
+    if fn is None:
+        return lambda f: register_mask(name, f)
+    if name in ARCHS or not isinstance(name, str) or not name.isidentifier() or not name.islower():
+        raise ValueError(f"mask name {name!r} is not allowed; expected a new lower-case identifier, "
+                         f"not one of {', '.join(ARCHS)}")
+    MASKS[name] = fn
+    _MASK_DIGESTS.clear()
+    return fn
+
+
+def user_mask(cfg: Config, seed: int) -> torch.Tensor:
+    """A registered mask, checked: (hidden_units, k) integer indices into the input, none repeated
+    within a unit, so that it has exactly the capacity of the built-in sparse masks."""
+    mask = torch.as_tensor(MASKS[cfg.arch](cfg, seed))
+    shape = (cfg.hidden_units, cfg.k)
+    if (tuple(mask.shape) != shape or mask.dtype.is_floating_point or mask.dtype == torch.bool
+            or int(mask.min()) < 0 or int(mask.max()) >= cfg.input_size):
+        raise ValueError(f"mask {cfg.arch!r} returned a {mask.dtype} tensor of shape {tuple(mask.shape)}; "
+                         f"expected integer indices in 0..{cfg.input_size - 1} of shape {shape}")
+    if (mask.sort(dim=1).values.diff(dim=1) == 0).any():
+        raise ValueError(f"mask {cfg.arch!r} repeats an input within a unit; expected {cfg.k} distinct inputs per unit")
+    return mask.long()
+
+
+def run_name(cfg: Config, seed: int) -> str:
+    """A run's name in the store: its seed and, for a registered mask, a digest of its contents."""
+    if cfg.arch not in MASKS:
+        return f"seed_{seed}"
+    key = (cfg.arch, cfg, seed)
+    if key not in _MASK_DIGESTS:
+        _MASK_DIGESTS[key] = hashlib.sha256(user_mask(cfg, seed).numpy().tobytes()).hexdigest()[:10]
+    return f"seed_{seed}_mask{_MASK_DIGESTS[key]}"
+
+
 # ----------------------------------------------------------------------------------------------
 # The sparse Q-network, batched over a population: leading dimension N is the agent.
 # ----------------------------------------------------------------------------------------------
@@ -1012,6 +1057,8 @@ def build_mask(cfg: Config, seed: int, learned_l1_mask: torch.Tensor | None = No
         return predictive_mask(cfg, seed)
     if cfg.arch == "l1" and cfg.regime == "learned":
         return torch.arange(cfg.input_size).expand(cfg.hidden_units, -1).clone(), []
+    if cfg.arch in MASKS:
+        return user_mask(cfg, seed), []
     if cfg.arch == "l1":
         if learned_l1_mask is None:
             raise ValueError("arch='l1' with regime='frozen' needs the learned L1 run's mask")
@@ -1201,7 +1248,7 @@ def _progress(frames: int, agents: int, enabled: bool, initial: int = 0):
 # Result store and the one entry point
 # ----------------------------------------------------------------------------------------------
 def result_path(results_dir: Path, cfg: Config, seed: int) -> Path:
-    return Path(results_dir) / cfg.key() / f"seed_{seed}.json"
+    return Path(results_dir) / cfg.key() / f"{run_name(cfg, seed)}.json"
 
 
 def _write_atomic(path: Path, blob: dict):
@@ -1262,7 +1309,7 @@ def checkpoint_path(results_dir: str | Path | None, agents: Sequence[tuple[Confi
     """Where a population of these agents checkpoints itself under results_dir."""
     if results_dir is None:
         return None
-    blob = json.dumps([(cfg.key(), seed) for cfg, seed in agents])
+    blob = json.dumps([(cfg.key(), seed if cfg.arch not in MASKS else run_name(cfg, seed)) for cfg, seed in agents])
     return Path(results_dir) / ".checkpoints" / (hashlib.sha256(blob.encode()).hexdigest()[:16] + ".pt")
 
 
@@ -1351,7 +1398,7 @@ def load_results(results_dir: str | Path):
 
 
 # ----------------------------------------------------------------------------------------------
-# Profiles and analysis, shared by the book's notebooks
+# Profiles: how much the book trains
 # ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Profile:
@@ -1409,97 +1456,6 @@ def train_profile(profile: str, envs: Sequence[str], archs: Sequence[str], regim
     return episodes_frame(runs)
 
 
-def final_returns(df, last: int = 100):
-    """Final performance per run: mean return of its last `last` episodes."""
-    tail = df.sort_values("episode").groupby(["env", "arch", "regime", "key", "seed"]).tail(last)
-    return tail.groupby(["env", "arch", "regime", "key", "seed"], as_index=False)["return"].mean()
-
-
-def bootstrap_ci(values, statistic=np.mean, level: float = 0.95, seed: int = 0, min_seeds: int = 3):
-    """Percentile bootstrap interval (scipy) of a statistic over seeds. With fewer than min_seeds
-    per sample it returns NaNs: resampling two numbers gives an interval in name only."""
-    from scipy.stats import bootstrap
-
-    values = [np.asarray(v, float) for v in (values if isinstance(values, tuple) else (values,))]
-    if min(len(v) for v in values) < min_seeds:
-        return float("nan"), float("nan")
-    res = bootstrap(tuple(values), statistic, confidence_level=level, method="percentile",
-                    n_resamples=2_000, rng=np.random.default_rng(seed))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
-
-
-def final_table(df, last: int = 100):
-    """Mean final return over seeds with its 95% bootstrap interval, per env, regime and arch."""
-    import pandas as pd
-
-    rows = []
-    for (env, regime, arch), g in final_returns(df, last).groupby(["env", "regime", "arch"]):
-        lo, hi = bootstrap_ci(g["return"].to_numpy())
-        rows.append((env, regime, arch, len(g), g["return"].mean(), lo, hi))
-    return pd.DataFrame(rows, columns=["env", "regime", "arch", "seeds", "final return", "ci low", "ci high"])
-
-
-def difference(df, env: str, regime: str, a: str, b: str, last: int = 100):
-    """Mean final return of arch a minus arch b, with a 95% bootstrap interval over seeds."""
-    finals = final_returns(df, last)
-    sel = finals[(finals.env == env) & (finals.regime == regime)]
-    x, y = (sel.loc[sel.arch == arch, "return"].to_numpy() for arch in (a, b))
-    if len(x) == 0 or len(y) == 0:
-        raise ValueError(f"no runs of arch={a if len(x) == 0 else b!r} for {env}, {regime}")
-    lo, hi = bootstrap_ci((x, y), statistic=lambda u, v, axis=-1: u.mean(axis) - v.mean(axis))
-    return float(x.mean() - y.mean()), lo, hi, float(abs(y.mean()))
-
-
-def verdict(diff: tuple, expect: str, tolerance: float = 0.1) -> str:
-    """Reads a difference (a - b, CI) against a claim: expect 'greater' (a beats b), 'no gain'
-    (a does not beat b by more than tolerance x |b|) or 'equal' (within tolerance x |b|)."""
-    mean, lo, hi, scale = diff
-    margin = tolerance * max(scale, 1e-9)
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        return "inconclusive at this scale"
-    if expect == "greater":
-        return "supports" if lo > 0 else "contradicts" if hi < 0 else "inconclusive at this scale"
-    if expect == "no gain":
-        return "supports" if hi < margin else "contradicts" if lo > 0 else "inconclusive at this scale"
-    if expect == "equal":
-        if -margin < lo and hi < margin:
-            return "supports"
-        return "contradicts" if lo > 0 or hi < 0 else "inconclusive at this scale"
-    raise ValueError(f"expect={expect!r} is not allowed; expected greater, no gain or equal")
-
-
-def learning_curves(df, points: int = 20):
-    """Per run, the mean return of the episodes that end in each of `points` equal frame bins:
-    the tidy input of a seaborn line plot whose band bootstraps over seeds."""
-    edges = np.linspace(0, df["frame"].max(), points + 1)
-    binned = df.assign(frame=edges[1:][np.clip(np.searchsorted(edges, df["frame"], "left") - 1, 0, points - 1)])
-    return binned.groupby(["env", "arch", "regime", "seed", "frame"], as_index=False)["return"].mean()
-
-
-def plot_mask(env: str, inputs: Sequence[int], centre: int | None, axes=None, title: str = ""):
-    """One neighbourhood as 10x10 panels, one per channel: inputs that are on in yellow, the
-    centre entry marked with a red X."""
-    import matplotlib.pyplot as plt
-
-    channels = CHANNELS[env]
-    if axes is None:
-        _, axes = plt.subplots(1, channels, figsize=(1.6 * channels, 1.9))
-    grid = np.zeros(channels * GRID * GRID)
-    grid[list(inputs)] = 1
-    grid = grid.reshape(channels, GRID, GRID)
-    names = channel_names(env)
-    for ch, ax in enumerate(axes):
-        ax.imshow(grid[ch], cmap="viridis", vmin=0, vmax=1)
-        if centre is not None and centre // (GRID * GRID) == ch:
-            ax.plot(centre % GRID, (centre // GRID) % GRID, "x", color="red", ms=9, mew=2.5)
-        ax.set_title(names[ch], fontsize=8)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if title:
-        axes[0].figure.suptitle(title, fontsize=10)
-    return axes
-
-
 @functools.lru_cache(maxsize=None)
 def channel_names(env: str) -> tuple[str, ...]:
     from minatar import Environment
@@ -1514,17 +1470,19 @@ def channel_names(env: str) -> tuple[str, ...]:
 FIGURE_ARCHS = ("dense", "random", "spatial", "predictive", "l1")
 
 
-def profile_runs(profile: str, envs: Sequence[str] = tuple(CHANNELS), **fields) -> list[tuple[Config, int]]:
+def profile_runs(profile: str, envs: Sequence[str] = tuple(CHANNELS), extra_archs: Sequence[str] = (),
+                 **fields) -> list[tuple[Config, int]]:
     """Every (config, seed) that chapters 03 to 05 of a profile read: each arch x regime of
-    Figures 1 and 2, minatar_cnn, and the L1 coefficient sweep. Frozen runs come first (they are
-    the cheapest) and frozen L1 last, after the learned L1 runs whose masks it takes."""
+    Figures 1 and 2 (and of extra_archs, such as registered masks), minatar_cnn, and the L1
+    coefficient sweep. Frozen runs come first (they are the cheapest) and frozen L1 last, after
+    the learned L1 runs whose masks it takes."""
     profile_config(profile)  # rejects an unknown profile
     p = PROFILES[profile]
     runs = []
     for env in envs:
         for regime in ("frozen", "learned"):
             runs += [(profile_config(profile, env=env, arch=a, regime=regime, **fields), s)
-                     for a in FIGURE_ARCHS for s in p.seeds]
+                     for a in FIGURE_ARCHS + tuple(extra_archs) for s in p.seeds]
         runs += [(profile_config(profile, env=env, arch="minatar_cnn", **fields), s) for s in p.seeds]
         runs += [(profile_config(profile, env=env, arch="l1", l1_coef=c, **fields), s)
                  for c in p.l1_coefs for s in p.coef_seeds]
@@ -1558,16 +1516,19 @@ class SweepJob:
     """One population of a sweep as a callable, for submitit: rerun after preemption or a time
     limit, it resumes from the population's checkpoint."""
 
-    def __init__(self, runs, results_dir):
+    def __init__(self, runs, results_dir, masks=None):
         self.runs, self.results_dir = runs, str(results_dir)
+        self.masks = masks if masks is not None else {c.arch: MASKS[c.arch] for c, _ in runs if c.arch in MASKS}
 
     def __call__(self) -> int:
+        for name, fn in self.masks.items():  # a fresh Python on the cluster knows only the built-ins
+            MASKS.setdefault(name, fn)
         return len(train_runs(self.runs, self.results_dir, progress=False))
 
     def checkpoint(self, *args, **kwargs):
         import submitit
 
-        return submitit.helpers.DelayedSubmission(SweepJob(self.runs, self.results_dir))
+        return submitit.helpers.DelayedSubmission(SweepJob(self.runs, self.results_dir, self.masks))
 
 
 def measured_rate(population: Sequence[tuple[Config, int]], frames: int = 400) -> float:
@@ -1581,11 +1542,11 @@ def measured_rate(population: Sequence[tuple[Config, int]], frames: int = 400) -
 
 def sweep(profile: str, envs: Sequence[str], results_dir: str | Path, max_agents: int = 64,
           executor: str = "local", dry_run: bool = False, slurm: dict | None = None, progress: bool = True,
-          device: str = "cpu"):
+          device: str = "cpu", extra_archs: Sequence[str] = ()):
     """Train every run of a profile that results_dir lacks (resuming checkpointed populations),
     grouped into populations of at most max_agents; or, with dry_run, print the plan and its
     expected time from a short measured rate. Returns the populations it planned."""
-    runs = profile_runs(profile, envs, device=device)
+    runs = profile_runs(profile, envs, extra_archs, device=device)
     todo = [r for r in runs if load_run(results_dir, *r) is None]
     populations = plan_populations(todo, max_agents)
     steps = sum(c.frames for c, _ in todo)
@@ -1618,13 +1579,12 @@ def _sweep_slurm(populations, results_dir, options: dict):
     and resumes from its checkpoint. Waits for every job."""
     import submitit
 
-    from sparse_dqn import SweepJob as Job  # by module name, not __main__, so that jobs unpickle it
 
     ex = submitit.AutoExecutor(folder=Path(results_dir) / ".submitit", cluster="slurm")
     here = str(Path(__file__).resolve().parent)
     ex.update_parameters(slurm_setup=[f"export PYTHONPATH={here}${{PYTHONPATH:+:$PYTHONPATH}}"],
                          **{k: v for k, v in options.items() if v is not None})
-    jobs = [ex.submit(Job(pop, str(Path(results_dir).resolve()))) for pop in populations]
+    jobs = [ex.submit(SweepJob(pop, str(Path(results_dir).resolve()))) for pop in populations]
     for job in jobs:
         job.result()
     return populations
@@ -1646,14 +1606,36 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"invalid boolean value: {text!r} (use true or false)")
 
 
+def load_mask_files(paths: Sequence[str | Path]):
+    """Run Python files that call register_mask, so that their masks are architectures here."""
+    import importlib.util
+
+    for path in paths:
+        path = Path(path)
+        spec = importlib.util.spec_from_file_location(f"_sparse_dqn_masks_{path.stem}", path)
+        if not path.is_file() or spec is None:
+            raise ValueError(f"--masks {str(path)!r} is not a Python file")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        try:  # Slurm jobs unpickle the masks on nodes that cannot import this file by name
+            import cloudpickle
+
+            cloudpickle.register_pickle_by_value(module)
+        except ImportError:
+            pass
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sparse_dqn.py", description=__doc__.split("\n\n")[0])
+    masks_help = "a Python file that registers masks with register_mask (repeatable)"
+    parser.add_argument("--masks", action="append", default=[], metavar="FILE", help=masks_help)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     tr = sub.add_parser("train", help="train a population and write its results",
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for f in dataclasses.fields(Config):
         kind = _bool if f.type in (bool, "bool") else type(f.default)
-        extra = {"choices": {"env": list(CHANNELS), "arch": ARCHS, "regime": REGIMES}[f.name]} \
+        extra = {"choices": {"env": list(CHANNELS), "arch": ARCHS + tuple(MASKS), "regime": REGIMES}[f.name]} \
             if f.name in ("env", "arch", "regime") else {}
         tr.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=f.default,
                         help=f.metadata["doc"], **extra)
@@ -1667,6 +1649,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--envs", nargs="+", default=list(CHANNELS), choices=list(CHANNELS))
     sw.add_argument("--out", type=Path, help="results directory (default: results/<profile>)")
     sw.add_argument("--device", default="cpu", help="torch device of every population")
+    sw.add_argument("--extra-archs", nargs="+", default=[], choices=list(MASKS), metavar="ARCH",
+                    help="registered masks to train in both regimes beside the figures' archs")
     sw.add_argument("--max-agents", type=int, default=64, help="agents per population")
     sw.add_argument("--executor", choices=["local", "slurm"], default="local")
     sw.add_argument("--dry-run", action="store_true", help="print the plan and its expected time")
@@ -1679,6 +1663,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    pre = _Parser(prog="sparse_dqn.py", add_help=False)
+    pre.add_argument("--masks", action="append", default=[])
+    try:
+        load_mask_files(pre.parse_known_args(argv)[0].masks)
+    except ValueError as err:
+        pre.error(str(err))
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "sweep":
@@ -1711,9 +1701,11 @@ def _sweep_command(parser, args) -> int:
     slurm = {"slurm_partition": args.slurm_partition, "timeout_min": args.slurm_time_min,
              "gpus_per_node": args.slurm_gpus, "cpus_per_task": args.slurm_cpus, "mem_gb": args.slurm_mem_gb}
     sweep(args.profile, args.envs, out, args.max_agents, args.executor, args.dry_run, slurm,
-          progress=not args.no_progress, device=args.device)
+          progress=not args.no_progress, device=args.device, extra_archs=args.extra_archs)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    import sparse_dqn  # run as the importable module, so that mask files and Slurm jobs share its state
+
+    sys.exit(sparse_dqn.main())

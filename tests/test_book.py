@@ -40,7 +40,7 @@ def test_every_notebook_ran_and_wrote_its_summary(book):
                         ("04_learned", {"dense", "random", "spatial", "predictive", "l1", "minatar_cnn"})]:
         blob = summary(book, name)
         assert {(r["env"], r["arch"]) for r in blob["final"]} == {(e, a) for e in ("breakout", "space_invaders") for a in archs}
-        assert blob["claims"] and all(c[-1] in {"supports", "contradicts", "inconclusive at this scale"}
+        assert blob["claims"] and all(c["verdict"] in {"supports", "contradicts", "inconclusive at this scale"}
                                       for c in blob["claims"])
     sparsity = summary(book, "05_l1")["sparsity"]
     assert all(0.0 <= r["effective sparsity"] <= 1.0 for r in sparsity)
@@ -59,53 +59,105 @@ def pages(book):
     return sorted(p for p in html.rglob("*.html") if "_static" not in p.parts and p.name not in ("genindex.html", "search.html"))
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
-def test_every_page_renders_offline_in_a_real_browser(book):
+def test_analysis_code_is_hidden_behind_toggles_and_chapters_open_with_their_claims(book):
+    for name in ("03_frozen", "04_learned", "05_l1"):
+        nb = json.loads((book / "executed" / f"{name}.ipynb").read_text())
+        code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+        tags = [set(c["metadata"].get("tags", [])) for c in code]
+        assert all(t & {"hide-input", "hide-cell", "remove-cell", "remove-input"} for t in tags), name
+        html = (book / "_build" / "html" / "executed" / f"{name}.html").read_text()
+        assert html.index('class="claims"') < html.index("<img"), name  # the claims table comes before the figures
+
+
+@pytest.fixture(scope="module")
+def browser():
     from playwright.sync_api import sync_playwright
 
-    built = pages(book)
-    assert {p.stem for p in built} >= set(NOTEBOOKS) | {"intro", "methods", "choices", "reproducing", "references"}
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
-        context = browser.new_context(offline=True)
-        outside = []
-        context.on("request", lambda r: outside.append(r.url)
-                   if not r.url.startswith(("file:", "data:", "blob:")) else None)
-        for path in built:
-            page = context.new_page()
-            errors = []
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(path.as_uri())
-            page.wait_for_load_state("load")
-            page.wait_for_timeout(300)
-            text = page.inner_text("body")
-            assert "Traceback" not in text and "Error" not in text.replace("errorbar", ""), path.name
-            assert not errors, (path.name, errors)
-            if path.stem in ("03_frozen", "04_learned", "05_l1"):
-                figures = page.locator("img[src$='.png']")
-                assert figures.count() >= 1, path.name
-                assert page.evaluate("el => el.naturalWidth", figures.first.element_handle()) > 0
-            if path.stem == "methods":
-                page.wait_for_selector("mjx-container", timeout=10_000)  # MathJax, from our own copy
-            page.close()
-        assert outside == []
-
-        page = context.new_page()
-        page.goto((book / "_build" / "html" / "executed" / "02_masks.html").as_uri())
-        explorer = page.locator(".widget-vbox", has=page.locator(".widget-image")).last
-        explorer.wait_for(timeout=15_000)
-
-        def shown():
-            images = explorer.locator(".widget-image")
-            return [images.nth(i).get_attribute("src") for i in range(images.count()) if images.nth(i).is_visible()]
-
-        before = shown()
-        assert len(before) == 1
-        handle = explorer.locator(".noUi-handle")
-        handle.focus()
-        page.keyboard.press("ArrowRight")
-        page.wait_for_timeout(300)
-        after = shown()
-        assert len(after) == 1 and after != before
+        yield browser
         browser.close()
+
+
+def open_page(browser, path, width=1280, height=900):
+    """A page loaded offline, with every failed request, request outside the book and console
+    error collected."""
+    context = browser.new_context(offline=True, viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.problems = []
+    page.on("requestfailed", lambda r: page.problems.append(f"failed request {r.url} ({r.failure})"))
+    page.on("request", lambda r: page.problems.append(f"request outside the book {r.url}")
+            if not r.url.startswith(("file:", "data:", "blob:")) else None)
+    page.on("console", lambda m: page.problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+    page.on("pageerror", lambda e: page.problems.append(f"page error {e}"))
+    page.goto(path.as_uri())
+    page.wait_for_load_state("load")
+    return page
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+def test_every_page_renders_offline_without_a_failed_request_or_console_error(book, browser):
+    built = pages(book)
+    assert {p.stem for p in built} >= set(NOTEBOOKS) | {"intro", "methods", "choices", "reproducing", "references"}
+    for path in built:
+        page = open_page(browser, path)
+        if path.stem == "02_masks":
+            page.wait_for_selector(".mask-explorer svg", timeout=15_000)
+        page.wait_for_timeout(500)
+        text = page.inner_text("body")
+        assert "Traceback" not in text and "Error" not in text.replace("errorbar", ""), path.name
+        if path.stem in ("03_frozen", "04_learned", "05_l1"):
+            figures = page.locator("img[src$='.png']")
+            assert figures.count() >= 1, path.name
+            assert page.evaluate("el => el.naturalWidth", figures.first.element_handle()) > 0
+        if path.stem == "methods":
+            page.wait_for_selector("mjx-container", timeout=10_000)  # MathJax, from our own copy
+        assert page.problems == [], (path.name, page.problems)
+        page.context.close()
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
+def test_the_static_mask_explorer_redraws_every_control_from_the_mask_data(book, browser):
+    sys.path.insert(0, str(ROOT / "notebooks"))
+    import companion as bk
+
+    page = open_page(browser, book / "_build" / "html" / "executed" / "02_masks.html")
+    explorer = page.locator(".mask-explorer")
+    explorer.wait_for(timeout=15_000)
+    drawn = lambda: explorer.get_attribute("data-inputs") + "|" + explorer.locator(".mx-drawing").inner_html()
+    lit = lambda: sorted(int(c) for c in explorer.locator(".mx-panel").first.locator("rect.on").evaluate_all(
+        "rs => rs.map(r => r.dataset.cell)"))
+
+    def expect(env, arch, seed, unit, channel):
+        cfg = bk.sd.profile_config("smoke", env=env, arch=arch, regime="learned" if arch == "l1" else "frozen")
+        mask = (bk.sd.train(cfg, [seed], book / "results" / "smoke", progress=False)[0].mask if arch == "l1"
+                else bk.sd.build_mask(cfg, seed)[0].tolist())
+        inputs = sorted(mask[unit])
+        assert explorer.get_attribute("data-inputs") == ",".join(map(str, inputs))
+        assert lit() == sorted(i % 100 for i in inputs if i // 100 == channel)
+        if arch not in ("dense", "l1"):
+            centre = int(bk.sd.mask_centres(cfg, seed)[unit])
+            marks = explorer.locator(".mx-centre")
+            assert marks.count() == (2 if centre // 100 == channel else 1)
+            assert int(marks.last.get_attribute("data-cell")) == centre % 100
+
+    controls = {name: explorer.get_by_label(name, exact=True) for name in ("game", "architecture", "seed", "channel")}
+    unit = explorer.get_by_label("unit number", exact=True)
+    steps = [("architecture", "spatial"), ("game", "space_invaders"), ("architecture", "random"), ("seed", "1"),
+             ("channel", "3"), ("unit", "387"), ("architecture", "row"), ("architecture", "l1"), ("game", "breakout")]
+    before = drawn()
+    for control, value in steps:
+        if control == "unit":
+            unit.fill(value)
+        else:
+            controls[control].select_option(value)
+        after = drawn()
+        assert after != before, (control, value)
+        before = after
+        state = {k: controls[k].input_value() for k in controls}
+        if state["architecture"] != "row":  # registered in the notebook only
+            expect(state["game"], state["architecture"], int(state["seed"]), int(unit.input_value()), int(state["channel"]))
+    unit.fill("5000")
+    assert unit.input_value() == str(int(explorer.locator("input[type=range]").get_attribute("max")))
+    assert page.problems == [], page.problems

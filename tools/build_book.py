@@ -23,41 +23,51 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import sparse_dqn as sd  # noqa: E402
 
-NPM_PACKAGES = ["@jupyter-widgets/html-manager@1.0.7", "requirejs@2.3.8", "mathjax@3.2.2"]
-VENDOR = ROOT / "_vendor"  # not _static: Jupyter Book would load every script in it
+NPM_PACKAGES = ["@jupyter-widgets/html-manager@1.0.7", "requirejs@2.3.8", "mathjax@3.2.2", "anywidget@0.11.0"]
+# RequireJS paths for the widget manager: anywidget's AMD build is ours, not a CDN's, and the
+# manager's own module path points at our copy so that its fonts load from there, not beside the
+# page. Both are found beside this script, wherever the page sits.
+WIDGET_PATHS = """const here = document.currentScript.src.replace(/[^/]*$/, "");
+requirejs.config({paths: {anywidget: here + "anywidget/index", "@jupyter-widgets/html-manager/dist": here + "html-manager",
+                           "@jupyter-widgets/html-manager": here + "html-manager/embed-amd"}});
+"""
 
 
-def fetch_static() -> bool:
-    """Vendor the widget manager, RequireJS and MathJax from npm; False when npm fails."""
-    if (VENDOR / ".complete").exists():
+def fetch_static(vendor: Path) -> bool:
+    """Vendor the widget manager, anywidget, RequireJS and MathJax from npm into `vendor` (not
+    _static: Jupyter Book would load every script in it); False, with a warning, when npm fails."""
+    if (vendor / ".complete").exists():
         return True
     with tempfile.TemporaryDirectory() as tmp:
         try:
             subprocess.run(["npm", "install", "--no-save", "--no-audit", "--no-fund", "--prefix", tmp,
                             *NPM_PACKAGES], check=True, capture_output=True, timeout=300)
         except (OSError, subprocess.SubprocessError) as err:
-            print(f"warning: npm could not fetch the book's JavaScript ({err}); the book will load "
-                  "widgets and MathJax from their CDNs and needs the internet", file=sys.stderr)
+            print(f"warning: npm could not fetch the book's JavaScript ({type(err).__name__}); the book "
+                  "will load widgets and MathJax from their CDNs and needs the internet", file=sys.stderr)
             return False
         modules = Path(tmp) / "node_modules"
-        shutil.rmtree(VENDOR, ignore_errors=True)
-        shutil.copytree(modules / "@jupyter-widgets/html-manager/dist", VENDOR / "html-manager",
+        shutil.rmtree(vendor, ignore_errors=True)
+        shutil.copytree(modules / "@jupyter-widgets/html-manager/dist", vendor / "html-manager",
                         ignore=shutil.ignore_patterns("*.map"))
-        shutil.copy(modules / "requirejs/require.js", VENDOR / "require.js")
-        shutil.copytree(modules / "mathjax/es5", VENDOR / "mathjax")
-    (VENDOR / ".complete").touch()
+        shutil.copy(modules / "requirejs/require.js", vendor / "require.js")
+        shutil.copytree(modules / "mathjax/es5", vendor / "mathjax")
+        (vendor / "anywidget").mkdir()
+        shutil.copy(modules / "anywidget/dist/index.js", vendor / "anywidget" / "index.js")
+        (vendor / "widget-paths.js").write_text(WIDGET_PATHS)
+    (vendor / ".complete").touch()
     return True
 
 
-def run_notebooks(profile: str, staging: Path, executed: Path, results_dir: Path) -> dict:
+def run_notebooks(notebooks: Path, profile: str, staging: Path, executed: Path, results_dir: Path) -> dict:
     timings = {}
-    for nb in sorted((ROOT / "notebooks").glob("*.ipynb")):
+    for nb in sorted(notebooks.glob("*.ipynb")):
         out = staging / nb.name
         print(f"== {nb.stem} (profile {profile})", flush=True)
         start = time.perf_counter()
         try:
             pm.execute_notebook(str(nb), str(out), parameters={"profile": profile, "results_dir": str(results_dir)},
-                                kernel_name="python3", cwd=str(ROOT), progress_bar=False, log_output=True)
+                                kernel_name="python3", cwd=str(notebooks), progress_bar=False, log_output=True)
         except pm.PapermillExecutionError as err:
             sys.exit(f"error: notebook {nb.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue}")
         timings[nb.stem] = time.perf_counter() - start
@@ -72,21 +82,30 @@ def run_notebooks(profile: str, staging: Path, executed: Path, results_dir: Path
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default="quick", choices=list(sd.PROFILES))
+    parser.add_argument("--profile", default="quick", help="one of " + ", ".join(sd.PROFILES))
     parser.add_argument("--root", type=Path, default=ROOT,
                         help="where the book is assembled, its results stored and built (default: the repo)")
+    parser.add_argument("--source", type=Path, default=ROOT,
+                        help="where _config.yml, _toc.yml, book/ and notebooks/ come from (default: the repo)")
     args = parser.parse_args()
 
     start = time.perf_counter()
-    root = args.root.resolve()
+    root, source = args.root.resolve(), args.source.resolve()
+    if args.profile not in sd.PROFILES:
+        sys.exit(f"error: PROFILE={args.profile!r} is not a profile; expected one of {', '.join(sd.PROFILES)}")
+    results_dir = root / "results" / args.profile
+    try:
+        sd.check_results_dir(results_dir)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
     if not sd.PROFILES[args.profile].trains_in_book:
-        problem = sd.missing_runs(args.profile, root / "results" / args.profile)
+        problem = sd.missing_runs(args.profile, results_dir)
         if problem:
             sys.exit(f"error: {problem}")
-    offline = fetch_static()
-    if root != ROOT:
-        for name in ("_config.yml", "_toc.yml", "book", "_vendor"):
-            src, dst = ROOT / name, root / name
+    offline = fetch_static(root / "_vendor")
+    if root != source:
+        for name in ("_config.yml", "_toc.yml", "book"):
+            src, dst = source / name, root / name
             if src.exists():
                 shutil.rmtree(dst, ignore_errors=True)
                 (shutil.copytree if src.is_dir() else shutil.copy)(src, dst)
@@ -95,14 +114,16 @@ def main():
     executed.mkdir(parents=True)
     (root / "_build").mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=root / "_build") as staging:
-        timings = run_notebooks(args.profile, Path(staging), executed,
-                                root / "results" / args.profile)
+        timings = run_notebooks(source / "notebooks", args.profile, Path(staging), executed, results_dir)
 
     command = ["jupyter-book", "build", str(root), "-W", "-n", "--keep-going"]
     if not offline:
         config = yaml.safe_load((root / "_config.yml").read_text())
-        for key in ("html_static_path", "nb_ipywidgets_js", "mathjax_path"):  # all point into _vendor
-            config["sphinx"]["config"].pop(key)
+        sphinx = config["sphinx"]["config"]
+        for key in ("nb_ipywidgets_js", "mathjax_path"):  # both point into _vendor
+            sphinx.pop(key)
+        sphinx["html_static_path"] = [str(root / p) for p in sphinx["html_static_path"] if p != "_vendor"]
+        config["sphinx"]["local_extensions"] = {k: str(root / v) for k, v in config["sphinx"]["local_extensions"].items()}
         cdn = root / "_build" / "_config_cdn.yml"
         cdn.write_text(yaml.safe_dump(config))
         command += ["--config", str(cdn)]
