@@ -69,6 +69,15 @@ def test_analysis_code_is_hidden_behind_toggles_and_chapters_open_with_their_cla
         assert html.index('class="claims"') < html.index("<img"), name  # the claims table comes before the figures
 
 
+def test_the_intro_states_the_scale_the_book_was_built_at(book):
+    import re
+
+    html = (book / "_build" / "html" / "book" / "intro.html").read_text()
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", html))
+    assert "This book was built with the smoke profile: every agent trains for 800 frames, 1/6,250 of the paper" in text
+    assert "with 1 seed per configuration (paper: 30)" in text and "{{" not in text
+
+
 @pytest.fixture(scope="module")
 def browser():
     from playwright.sync_api import sync_playwright
