@@ -1,5 +1,6 @@
 """A sweep through submitit on a real single-node Slurm (Debian's slurm-wlm and munge, started
-here on localhost and stopped after): its results equal a local run of the same sweep."""
+here on localhost and stopped after): its results equal a local run of the same sweep, and a
+preempted job is requeued and resumes from its checkpoint."""
 import os
 import shutil
 import socket
@@ -110,3 +111,38 @@ def test_a_smoke_sweep_on_slurm_equals_the_same_sweep_run_locally(slurm, tmp_pat
     assert len(list((tmp_path / "slurm").glob("*/seed_*.json"))) == runs
     cols = ["key", "seed", "episode", "frame", "return"]
     assert on_slurm.sort_values(cols)[cols].reset_index(drop=True).equals(here.sort_values(cols)[cols].reset_index(drop=True))
+
+
+def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(slurm, tmp_path, monkeypatch):
+    import submitit
+
+    monkeypatch.setenv("SLURM_CONF", slurm["SLURM_CONF"])
+    population = [(sd.profile_config("smoke", env="breakout", arch=a, frames=4_000, checkpoint_every=500), s)
+                  for a in ("spatial", "dense") for s in (0, 1)]
+    out = tmp_path / "slurm"
+    ex = submitit.AutoExecutor(folder=out / ".submitit", cluster="slurm")
+    ex.update_parameters(timeout_min=20, cpus_per_task=2,
+                         slurm_setup=[f"export PYTHONPATH={Path(MODULE).parent}"])
+    job = ex.submit(sd.SweepJob(population, str(out)))
+    checkpoints = out / ".checkpoints"
+    deadline = time.monotonic() + 600
+    while not list(checkpoints.glob("[!.]*.pt")):  # a finished checkpoint, not a temporary
+        assert time.monotonic() < deadline and not job.done(), "no checkpoint before the job ended"
+        time.sleep(0.5)
+    job._interrupt()  # what Slurm does on preemption: SIGTERM, then submitit's signal
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # Slurm holds a requeued job back a while; let it go now
+        state = subprocess.run(["squeue", "-h", "-j", job.job_id, "-o", "%T %r"], env=slurm, capture_output=True,
+                               text=True).stdout.split()
+        if state == ["PENDING", "BeginTime"]:
+            subprocess.run(["scontrol", "update", f"JobId={job.job_id}", "StartTime=now"], env=slurm, check=True)
+            break
+        time.sleep(0.5)
+    assert job.result() == len(population)
+    stdout = "\n".join(p.read_text() for p in (out / ".submitit").glob("*_log.err"))
+    assert "requeued" in stdout.lower() or "requeue" in stdout.lower(), stdout[-2000:]
+    resumed = [sd.load_run(out, c, s) for c, s in population]
+    assert all(r is not None and r.resumed_at for r in resumed)
+    uninterrupted = sd.train_runs(population, None, progress=False)
+    for a, b in zip(resumed, uninterrupted):
+        assert (a.episode_frames, a.episode_returns) == (b.episode_frames, b.episode_returns)
