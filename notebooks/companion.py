@@ -240,6 +240,22 @@ def claims_table(rows: list[dict], scale: str):
             .set_table_attributes('class="claims"'))
 
 
+def reading(rows: list[dict], scale: str):
+    """The chapter's verdicts in one sentence, computed, as Markdown."""
+    from IPython.display import Markdown
+
+    counts = {v: sum(r["verdict"] == v for r in rows) for v in VERDICTS}
+    supported = sorted({r["claim"].split(".")[0] for r in rows if r["verdict"] == VERDICTS[0]}, key=int)
+    contradicted = sorted({r["claim"].split(".")[0] for r in rows if r["verdict"] == VERDICTS[1]}, key=int)
+    text = (f"**Reading.** At {scale}, of {len(rows)} comparisons {counts[VERDICTS[0]]} support the paper's claim, "
+            f"{counts[VERDICTS[1]]} contradict it and {counts[VERDICTS[2]]} are inconclusive.")
+    if supported:
+        text += f" Supported: claim{'s' * (len(supported) > 1)} {', '.join(supported)}."
+    if contradicted:
+        text += f" Contradicted: claim{'s' * (len(contradicted) > 1)} {', '.join(contradicted)}."
+    return Markdown(text)
+
+
 # ----------------------------------------------------------------------------------------------
 # Figures
 # ----------------------------------------------------------------------------------------------

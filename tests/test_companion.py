@@ -112,3 +112,11 @@ def test_the_explorer_takes_a_users_mask_and_refuses_a_bad_one():
     with pytest.raises(ValueError, match=r"indices in 0\.\.399") as err:
         w.add_mask("bad", "breakout", np.array([[1, 400]]))
     assert "\n" not in str(err.value)
+
+
+def test_the_reading_counts_the_verdicts_and_names_the_claims():
+    rows = bk.learned_claims(runs(regime="learned"), runs(), ["breakout"])
+    text = bk.reading(rows, "800 frames").data
+    counts = {v: sum(r["verdict"] == v for r in rows) for v in bk.VERDICTS}
+    assert text.startswith(f"**Reading.** At 800 frames, of {len(rows)} comparisons {counts['supports']} support")
+    assert text.endswith("Supported: claims 3, 6. Contradicted: claim 2.")
