@@ -644,7 +644,7 @@ def run_name(cfg: Config, seed: int) -> str:
     """A run's name in the store: its seed and, for a registered mask, a digest of its contents."""
     if cfg.arch not in MASKS:
         return f"seed_{seed}"
-    key = (cfg.arch, cfg, seed)
+    key = (cfg, seed)
     if key not in _MASK_DIGESTS:
         _MASK_DIGESTS[key] = hashlib.sha256(user_mask(cfg, seed).numpy().tobytes()).hexdigest()[:10]
     return f"seed_{seed}_mask{_MASK_DIGESTS[key]}"
@@ -1309,6 +1309,7 @@ def checkpoint_path(results_dir: str | Path | None, agents: Sequence[tuple[Confi
     """Where a population of these agents checkpoints itself under results_dir."""
     if results_dir is None:
         return None
+    # built-in archs keep the names their checkpoints had before registered masks existed
     blob = json.dumps([(cfg.key(), seed if cfg.arch not in MASKS else run_name(cfg, seed)) for cfg, seed in agents])
     return Path(results_dir) / ".checkpoints" / (hashlib.sha256(blob.encode()).hexdigest()[:16] + ".pt")
 
