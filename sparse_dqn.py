@@ -1494,13 +1494,14 @@ def missing_runs(profile: str, results_dir: str | Path) -> str | None:
     """None if results_dir holds every run of the profile; else one line naming what is missing
     (and whether it is stale: stored under another algorithm version or configuration) and the
     command that makes it."""
-    missing = [(c, s) for c, s in profile_runs(profile) if not result_path(results_dir, c, s).exists()]
+    runs = profile_runs(profile)
+    missing = [(c, s) for c, s in runs if not result_path(results_dir, c, s).exists()]
     if not missing:
         return None
     stale = sum(1 for c, s in missing
                 if any(Path(results_dir).glob(f"{c.env}_{c.arch}_{c.regime}_*/seed_{s}.json")))
     first = result_path(results_dir, *missing[0]).relative_to(results_dir)
-    return (f"{len(missing)} of {len(profile_runs(profile))} runs of profile {profile} are missing from {results_dir}"
+    return (f"{len(missing)} of {len(runs)} runs of profile {profile} are missing from {results_dir}"
             + (f" ({stale} stored under another algorithm version or configuration)" if stale else "")
             + f", e.g. {first}; make them with: python sparse_dqn.py sweep --profile {profile} --out {results_dir}")
 

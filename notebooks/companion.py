@@ -186,11 +186,19 @@ def claim(df: pd.DataFrame, number: int, env: str, regime: str, a: str, b: str, 
             "difference": d[0], "ci low": d[1], "ci high": d[2], "verdict": verdict(d, expect)}
 
 
+def mean_finals(df: pd.DataFrame, env: str) -> pd.Series:
+    """Mean final return over seeds per arch (in the book's order) in one game: which is best or
+    worst. No interval: final_table bootstraps, this only ranks."""
+    finals = final_returns(df)
+    means = finals[finals.env == env].groupby("arch")["return"].mean()
+    return means.reindex(arch_order(means.index))
+
+
 def frozen_claims(df: pd.DataFrame, envs: Sequence[str]) -> list[dict]:
     """Claims 1, 4, 5 and 7 against Figure 1's runs (frozen hidden weights)."""
-    table, rows = final_table(df), []
+    rows = []
     for env in envs:
-        finals = table[table.env == env].set_index("arch")["final return"]
+        finals = mean_finals(df, env)
         rows.append(claim(df, 1, env, "frozen", finals.idxmax(), finals.idxmin(), "greater", "best - worst, chosen after the fact"))
         rows.append(claim(df, 5, env, "frozen", finals.drop("spatial").idxmax(), "spatial", "greater", "best other - spatial"))
         rows.append(claim(df, 7, env, "frozen", "l1", "dense", "no gain"))
@@ -201,10 +209,10 @@ def frozen_claims(df: pd.DataFrame, envs: Sequence[str]) -> list[dict]:
 
 def learned_claims(df: pd.DataFrame, frozen: pd.DataFrame, envs: Sequence[str]) -> list[dict]:
     """Claims 2, 3, 4 and 6 against Figure 2's runs (learned), with the frozen runs for claim 2."""
-    table, frozen_table, rows = final_table(df), final_table(frozen), []
+    rows = []
     for env in envs:
-        best_frozen = frozen_table[frozen_table.env == env].set_index("arch")["final return"].idxmax()
-        learned = table[(table.env == env) & (table.arch != "minatar_cnn")].set_index("arch")["final return"]
+        best_frozen = mean_finals(frozen, env).idxmax()
+        learned = mean_finals(df, env).drop("minatar_cnn", errors="ignore")
         best = learned.idxmax()
         if best != best_frozen:
             rows.append(claim(df, 2, env, "learned", best, best_frozen, "greater", "best learned - best frozen"))
