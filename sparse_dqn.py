@@ -948,22 +948,29 @@ class CentredRMSprop:
     """torch.optim.RMSprop(centered=True, momentum=0), step for step, except that the variance
     estimate is clamped at zero before its square root. A weight whose gradient is constant (the
     L1 term alone, on an input never seen) makes mean-square minus squared-mean round below zero,
-    and torch's version then writes NaN into that weight."""
+    and torch's version then writes NaN into that weight.
 
-    def __init__(self, params: list[torch.Tensor], lr: float, alpha: float, eps: float):
-        self.params, self.lr, self.alpha, self.eps = params, lr, alpha, eps
+    l1 maps a parameter's position to per-agent coefficients c (its leading dimension): the step
+    adds c * sign(w), the gradient of the penalty c * |w|.sum(), to that parameter's gradient. It
+    is the number autograd would add, without a forward and backward pass over every weight."""
+
+    def __init__(self, params: list[torch.Tensor], lr: float, alpha: float, eps: float,
+                 l1: dict[int, torch.Tensor] | None = None):
+        self.params, self.lr, self.alpha, self.eps, self.l1 = params, lr, alpha, eps, l1 or {}
         self.square_avg = [torch.zeros_like(p) for p in params]
         self.grad_avg = [torch.zeros_like(p) for p in params]
 
     @torch.no_grad()
     def step(self):
         fused = _kernels() if all(p.device.type == "cpu" and p.dtype == torch.float32 for p in self.params) else None
-        for p, sq, mean in zip(self.params, self.square_avg, self.grad_avg):
-            g = p.grad
+        for i, (p, sq, mean) in enumerate(zip(self.params, self.square_avg, self.grad_avg)):
+            g, l1 = p.grad, self.l1.get(i)
             if fused is not None and p.is_contiguous() and g.is_contiguous():
-                fused.centred_rmsprop_step(p, g, sq, mean, self.lr, self.alpha, self.eps)
+                fused.centred_rmsprop_step(p, g, sq, mean, self.lr, self.alpha, self.eps, l1)
                 p.grad = None
                 continue
+            if l1 is not None:
+                g = g + l1.view(-1, *[1] * (p.dim() - 1)) * p.sgn()
             sq.mul_(self.alpha).addcmul_(g, g, value=1 - self.alpha)
             mean.lerp_(g, 1 - self.alpha)
             avg = sq.addcmul(mean, mean, value=-1).clamp_min_(0).sqrt_().add_(self.eps)
@@ -989,20 +996,19 @@ class _Group:
         self.plan = sparse_plan(stacked["index"], cfgs[0].input_size) if "index" in stacked else None
         self.target = {n: t.detach().clone() if t.requires_grad else t for n, t in stacked.items()}
         c = cfgs[0]
-        self.optimizer = CentredRMSprop([t for t in stacked.values() if t.requires_grad],
-                                        lr=c.lr, alpha=c.rms_alpha, eps=c.rms_eps)
+        learned = [name for name, t in stacked.items() if t.requires_grad]
         coefs = [cf.l1_coef if (cf.arch == "l1" and not self.frozen) else 0.0 for cf in cfgs]
-        self.l1_coef = torch.tensor(coefs, device=device) if any(coefs) else None
+        l1 = {learned.index("hidden_w"): torch.tensor(coefs, device=device)} if any(coefs) else None
+        self.optimizer = CentredRMSprop([stacked[name] for name in learned], lr=c.lr, alpha=c.rms_alpha,
+                                        eps=c.rms_eps, l1=l1)
 
     def update(self, batch, gamma: float):
         obs, action, reward, next_obs, done = batch
         q = q_values(self.params, obs, self.plan).gather(2, action.unsqueeze(2)).squeeze(2)
         with torch.no_grad():
             target = reward + gamma * (1 - done) * q_values(self.target, next_obs, self.plan).amax(2)
-        loss = F.smooth_l1_loss(q, target, reduction="none").mean(1).sum()
-        if self.l1_coef is not None:
-            loss = loss + (self.l1_coef * self.params["hidden_w"].abs().sum((1, 2))).sum()
-        loss.backward()
+        # The L1 penalty's gradient is added by the optimiser (CentredRMSprop's l1).
+        F.smooth_l1_loss(q, target, reduction="none").mean(1).sum().backward()
         self.optimizer.step()
 
     def state_dict(self) -> dict:

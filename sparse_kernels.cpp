@@ -182,26 +182,45 @@ torch::Tensor sparse_grad_input(torch::Tensor grad, torch::Tensor weight, torch:
 }
 
 // One step of centred RMSprop (momentum 0) in a single pass over memory, the variance clamped at
-// zero before its square root, as CentredRMSprop in sparse_dqn.py does it in four passes.
+// zero before its square root, as CentredRMSprop in sparse_dqn.py does it in four passes. With
+// l1 (one coefficient per agent, the tensor's leading dimension), the gradient of the L1 penalty,
+// l1[n] * sign(weight), is added first: the number autograd's abs backward would have added,
+// without the passes over every weight that the penalty's forward and backward take.
+template <bool kL1>
+static void rmsprop_range(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ sq,
+                          float* __restrict__ mean, int64_t begin, int64_t end, float l1, float a,
+                          float keep, float rate, float e) {
+  for (int64_t i = begin; i < end; ++i) {
+    float gi = g[i];
+    if (kL1) gi += l1 * float((p[i] > 0.f) - (p[i] < 0.f));
+    const float s = sq[i] * a + keep * gi * gi;
+    const float m = mean[i] + keep * (gi - mean[i]);
+    const float d = s - m * m;
+    const float var = d > 0.f ? d : 0.f;
+    p[i] -= rate * gi / (std::sqrt(var) + e);
+    sq[i] = s;
+    mean[i] = m;
+  }
+}
+
 void centred_rmsprop_step(torch::Tensor param, torch::Tensor grad, torch::Tensor square_avg,
-                          torch::Tensor grad_avg, double lr, double alpha, double eps) {
+                          torch::Tensor grad_avg, double lr, double alpha, double eps,
+                          c10::optional<torch::Tensor> l1) {
   const int64_t size = param.numel();
-  float* __restrict__ p = param.data_ptr<float>();
-  const float* __restrict__ g = grad.data_ptr<float>();
-  float* __restrict__ sq = square_avg.data_ptr<float>();
-  float* __restrict__ mean = grad_avg.data_ptr<float>();
+  float* p = param.data_ptr<float>();
+  const float* g = grad.data_ptr<float>();
+  float* sq = square_avg.data_ptr<float>();
+  float* mean = grad_avg.data_ptr<float>();
   const float a = alpha, keep = 1.0 - alpha, rate = lr, e = eps;
+  const float* coef = l1 ? l1->data_ptr<float>() : nullptr;
+  const int64_t block = l1 ? size / l1->numel() : size;  // weights per agent
   at::parallel_for(0, size, 16384, [&](int64_t begin, int64_t end) {
     FlushDenormals flush;
-    for (int64_t i = begin; i < end; ++i) {
-      const float gi = g[i];
-      const float s = sq[i] * a + keep * gi * gi;
-      const float m = mean[i] + keep * (gi - mean[i]);
-      const float d = s - m * m;
-      const float var = d > 0.f ? d : 0.f;
-      p[i] -= rate * gi / (std::sqrt(var) + e);
-      sq[i] = s;
-      mean[i] = m;
+    if (coef == nullptr) return rmsprop_range<false>(p, g, sq, mean, begin, end, 0.f, a, keep, rate, e);
+    for (int64_t i = begin; i < end;) {  // one agent's coefficient per stretch
+      const int64_t n = i / block, stop = std::min(end, (n + 1) * block);
+      rmsprop_range<true>(p, g, sq, mean, i, stop, coef[n], a, keep, rate, e);
+      i = stop;
     }
   });
 }
@@ -210,5 +229,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_forward", &sparse_forward);
   m.def("sparse_grad_weight", &sparse_grad_weight);
   m.def("sparse_grad_input", &sparse_grad_input);
-  m.def("centred_rmsprop_step", &centred_rmsprop_step);
+  m.def("centred_rmsprop_step", &centred_rmsprop_step, py::arg("param"), py::arg("grad"), py::arg("square_avg"),
+        py::arg("grad_avg"), py::arg("lr"), py::arg("alpha"), py::arg("eps"), py::arg("l1") = py::none());
 }

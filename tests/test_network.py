@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 import sparse_dqn as sd
@@ -55,6 +56,33 @@ def test_centred_rmsprop_matches_torch_and_survives_constant_gradients():
         constant.grad = torch.full((1000,), 1e-3)
         opt.step()
     assert torch.isfinite(constant).all()
+
+
+@pytest.mark.parametrize("kernels", ["cpp", "torch"])
+def test_the_optimisers_l1_term_is_autograds_penalty_gradient_bit_for_bit(kernels, monkeypatch):
+    if kernels == "torch":
+        monkeypatch.setattr(sd, "_kernels", lambda: None)
+    elif sd._kernels() is None:
+        pytest.skip("the C++ kernels are not built on this machine")
+    torch.manual_seed(2)
+    w = torch.randn(3, 40, 50) * 1e-2
+    w[0, :5] = 0.0
+    w[1, :5] = -0.0
+    coef = torch.tensor([1e-3, 0.0, 1e-5])
+    fused = w.clone().requires_grad_(True)
+    autograd = w.clone().requires_grad_(True)
+    ours = sd.CentredRMSprop([fused], lr=2.5e-4, alpha=0.95, eps=0.01, l1={0: coef})
+    reference = sd.CentredRMSprop([autograd], lr=2.5e-4, alpha=0.95, eps=0.01)
+    for _ in range(30):
+        g = torch.randn(3, 40, 50) * 1e-3
+        fused.grad = g.clone()
+        autograd.grad = g.clone()
+        (coef * autograd.abs().sum((1, 2))).sum().backward()  # accumulates onto g
+        ours.step()
+        reference.step()
+    assert torch.equal(fused, autograd)
+    assert all(torch.equal(a, b) for a, b in zip(ours.square_avg + ours.grad_avg,
+                                                reference.square_avg + reference.grad_avg))
 
 
 def test_dense_layers_take_the_matmul_path_and_agree_with_the_gather_path():
