@@ -231,10 +231,18 @@ def uniform(keys: torch.Tensor, stream: str, counter: torch.Tensor) -> torch.Ten
 # so a test can feed the very numbers that minatar's own RandomState produces.
 # ----------------------------------------------------------------------------------------------
 class BatchedGame:
-    def __init__(self, n: int, sticky_action_prob: float, device):
+    """native: step and observe in the C++ kernels (the CPU default where they are built), or
+    (False) in torch ops, as on the GPU. Both run the same rules on the same state tensors."""
+
+    def __init__(self, n: int, sticky_action_prob: float, device, native: bool | None = None):
         self.n, self.sticky, self.device = n, sticky_action_prob, torch.device(device)
         self.rows = torch.arange(n, device=self.device)
         self.last_action = torch.zeros(n, dtype=torch.long, device=self.device)
+        if native is None:
+            native = self.device.type == "cpu" and _kernels() is not None
+        if native and (self.device.type != "cpu" or _kernels() is None):
+            raise ValueError("native=True needs the C++ kernels and a CPU device")
+        self._native = _kernels() if native else None
 
     def act(self, actions: torch.Tensor, sticky_draw: torch.Tensor):
         """minatar.Environment.act for every agent: a draw below the sticky probability repeats
@@ -263,8 +271,9 @@ _FLIP_X, _FLIP_Y, _FLIP_XY = (1, 0, 3, 2), (3, 2, 1, 0), (2, 3, 0, 1)
 class BatchedBreakout(BatchedGame):
     channels = 4
 
-    def __init__(self, n: int, sticky_action_prob: float = 0.1, ramping: bool = True, device="cpu"):
-        super().__init__(n, sticky_action_prob, device)
+    def __init__(self, n: int, sticky_action_prob: float = 0.1, ramping: bool = True, device="cpu",
+                 native: bool | None = None):
+        super().__init__(n, sticky_action_prob, device, native)
         z = torch.zeros(n, dtype=torch.long, device=self.device)
         self.ball_x, self.ball_y, self.ball_dir, self.pos = z.clone(), z.clone(), z.clone(), z.clone()
         self.last_x, self.last_y = z.clone(), z.clone()
@@ -290,6 +299,9 @@ class BatchedBreakout(BatchedGame):
         self.bricks = torch.where(which.view(-1, 1, 1), fresh, self.bricks)
 
     def step(self, actions: torch.Tensor):
+        if self._native is not None:
+            return self._native.breakout_step(self.ball_x, self.ball_y, self.ball_dir, self.pos, self.last_x,
+                                              self.last_y, self.strike, self.bricks, actions.contiguous())
         self.pos = torch.where(actions == 1, (self.pos - 1).clamp_min(0),
                                torch.where(actions == 3, (self.pos + 1).clamp_max(9), self.pos))
         self.last_x, self.last_y = self.ball_x, self.ball_y
@@ -319,6 +331,9 @@ class BatchedBreakout(BatchedGame):
 
     def observe(self) -> torch.Tensor:
         """(N, 400) 0/1 uint8, channel-major: paddle, ball, trail, brick."""
+        if self._native is not None:
+            return self._native.breakout_observe(self.ball_x, self.ball_y, self.pos, self.last_x, self.last_y,
+                                                 self.bricks)
         obs = torch.zeros(self.n, self.channels, GRID, GRID, dtype=torch.uint8, device=self.device)
         obs[self.rows, 0, 9, self.pos] = 1
         obs[self.rows, 1, self.ball_y, self.ball_x] = 1
@@ -333,8 +348,9 @@ SHOT_COOL_DOWN, ENEMY_MOVE_INTERVAL, ENEMY_SHOT_INTERVAL = 5, 12, 10
 class BatchedSpaceInvaders(BatchedGame):
     channels = 6
 
-    def __init__(self, n: int, sticky_action_prob: float = 0.1, ramping: bool = True, device="cpu"):
-        super().__init__(n, sticky_action_prob, device)
+    def __init__(self, n: int, sticky_action_prob: float = 0.1, ramping: bool = True, device="cpu",
+                 native: bool | None = None):
+        super().__init__(n, sticky_action_prob, device, native)
         self.ramping = ramping
         z = torch.zeros(n, dtype=torch.long, device=self.device)
         self.pos, self.alien_dir, self.move_interval = z.clone(), z.clone(), z.clone()
@@ -363,6 +379,11 @@ class BatchedSpaceInvaders(BatchedGame):
         self.shot_timer = torch.where(which, 0, self.shot_timer)
 
     def step(self, actions: torch.Tensor):
+        if self._native is not None:
+            return self._native.space_invaders_step(
+                self.pos, self.alien_dir, self.move_interval, self.move_timer, self.alien_shot_timer,
+                self.shot_timer, self.ramp_index, self.aliens, self.f_bullets, self.e_bullets,
+                actions.contiguous(), self.ramping)
         fire = (actions == 5) & (self.shot_timer == 0)
         self.f_bullets[self.rows[fire], 9, self.pos[fire]] = True
         self.shot_timer = torch.where(fire, SHOT_COOL_DOWN, self.shot_timer)
@@ -413,6 +434,9 @@ class BatchedSpaceInvaders(BatchedGame):
     def observe(self) -> torch.Tensor:
         """(N, 600) 0/1 uint8, channel-major: cannon, alien, alien_left, alien_right,
         friendly_bullet, enemy_bullet."""
+        if self._native is not None:
+            return self._native.space_invaders_observe(self.pos, self.alien_dir, self.aliens, self.f_bullets,
+                                                       self.e_bullets)
         obs = torch.zeros(self.n, self.channels, GRID, GRID, dtype=torch.uint8, device=self.device)
         obs[self.rows, 0, 9, self.pos] = 1
         left = (self.alien_dir < 0).view(-1, 1, 1)
@@ -857,7 +881,12 @@ def q_values(params: dict[str, torch.Tensor], x: torch.Tensor, plan: SparsePlan 
 class Replay:
     """One ring per agent, all written in lockstep; observations stored bit-packed."""
 
-    def __init__(self, agents: int, capacity: int, input_size: int, device: torch.device):
+    def __init__(self, agents: int, capacity: int, input_size: int, device: torch.device,
+                 native: bool | None = None):
+        device = torch.device(device)
+        if native is None:  # pack and sample in the C++ kernels: the CPU default where they are built
+            native = device.type == "cpu" and _kernels() is not None
+        self._native = _kernels() if native else None
         nbytes = (input_size + 7) // 8
         self.capacity, self.input_size, self.size, self.pos = capacity, input_size, 0, 0
         self.obs = torch.zeros(agents, capacity, nbytes, dtype=torch.uint8, device=device)
@@ -869,6 +898,8 @@ class Replay:
 
     def pack(self, obs: torch.Tensor) -> torch.Tensor:
         """(N, input_size) 0/1 uint8 -> (N, bytes), most significant bit first (numpy's packbits)."""
+        if self._native is not None:
+            return self._native.replay_pack(obs.contiguous())
         pad = (-obs.shape[1]) % 8
         bits = F.pad(obs, (0, pad)).view(obs.shape[0], -1, 8)
         return (bits << self._shifts).sum(2, dtype=torch.uint8)
@@ -886,6 +917,9 @@ class Replay:
 
     def sample(self, agents: torch.Tensor, idx: torch.Tensor):
         """Transitions idx (n, B) of the given agents (n,), observations unpacked to float."""
+        if self._native is not None:
+            return tuple(self._native.replay_sample(self.obs, self.next_obs, self.action, self.reward, self.done,
+                                                    agents.contiguous(), idx.contiguous(), self.input_size))
         rows = agents.unsqueeze(1)
         return (self.unpack(self.obs[rows, idx]), self.action[rows, idx].long(), self.reward[rows, idx],
                 self.unpack(self.next_obs[rows, idx]), self.done[rows, idx])

@@ -9,6 +9,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
+#include <vector>
 #include <cmath>
 #if defined(__SSE__)
 #include <xmmintrin.h>
@@ -225,10 +226,264 @@ void centred_rmsprop_step(torch::Tensor param, torch::Tensor grad, torch::Tensor
   });
 }
 
+// ---------------------------------------------------------------------------------------------
+// MinAtar's Breakout and Space Invaders, one frame for N agents on the CPU: the rules of
+// BatchedBreakout.step and BatchedSpaceInvaders.step in sparse_dqn.py, statement for statement,
+// on the same state tensors, updated in place. A frame of a handful of agents costs the torch
+// version dozens of small operations; here it is a loop. tests/test_games.py checks both against
+// minatar itself.
+// ---------------------------------------------------------------------------------------------
+namespace {
+constexpr int64_t kGrid = 10;
+constexpr int64_t kBallDx[4] = {-1, 1, 1, -1}, kBallDy[4] = {-1, -1, 1, 1};
+constexpr int64_t kFlipX[4] = {1, 0, 3, 2}, kFlipY[4] = {3, 2, 1, 0}, kFlipXY[4] = {2, 3, 0, 1};
+
+template <typename T>
+T* ptr_of(torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_contiguous() && t.device().is_cpu(), name, " must be a contiguous CPU tensor");
+  return t.data_ptr<T>();
+}
+}  // namespace
+
+// State: int64 (N,) ball_x, ball_y, ball_dir, pos, last_x, last_y; bool strike (N,), bricks
+// (N, 10, 10). actions int64 (N,). Returns (reward, terminal), float32 (N,).
+std::vector<torch::Tensor> breakout_step(torch::Tensor ball_x, torch::Tensor ball_y, torch::Tensor ball_dir,
+                                         torch::Tensor pos, torch::Tensor last_x, torch::Tensor last_y,
+                                         torch::Tensor strike, torch::Tensor bricks, torch::Tensor actions) {
+  const int64_t N = ball_x.size(0);
+  int64_t *bx = ptr_of<int64_t>(ball_x, "ball_x"), *by = ptr_of<int64_t>(ball_y, "ball_y");
+  int64_t *dir = ptr_of<int64_t>(ball_dir, "ball_dir"), *ps = ptr_of<int64_t>(pos, "pos");
+  int64_t *lx = ptr_of<int64_t>(last_x, "last_x"), *ly = ptr_of<int64_t>(last_y, "last_y");
+  bool* st = ptr_of<bool>(strike, "strike");
+  bool* br = ptr_of<bool>(bricks, "bricks");
+  const int64_t* act = ptr_of<int64_t>(actions, "actions");
+  auto reward = torch::zeros({N}, torch::kFloat32), terminal = torch::zeros({N}, torch::kFloat32);
+  float *rw = reward.data_ptr<float>(), *tm = terminal.data_ptr<float>();
+  for (int64_t n = 0; n < N; ++n) {
+    bool* wall = br + n * kGrid * kGrid;
+    if (act[n] == 1) ps[n] = std::max<int64_t>(ps[n] - 1, 0);
+    else if (act[n] == 3) ps[n] = std::min<int64_t>(ps[n] + 1, 9);
+    lx[n] = bx[n], ly[n] = by[n];
+    int64_t d = dir[n];
+    int64_t x = bx[n] + kBallDx[d], y = by[n] + kBallDy[d];
+    if (x < 0 || x > 9) d = kFlipX[d];
+    x = std::min<int64_t>(std::max<int64_t>(x, 0), 9);
+    const bool top = y < 0;
+    if (top) d = kFlipY[d];
+    y = std::max<int64_t>(y, 0);
+    const bool brick = !top && wall[std::min<int64_t>(y, 9) * kGrid + x];
+    const bool score = brick && !st[n];
+    if (score) {
+      wall[y * kGrid + x] = false;
+      y = ly[n];
+      d = kFlipY[d];
+    }
+    const bool bottom = !top && !brick && y == 9;
+    if (bottom && !std::any_of(wall, wall + kGrid * kGrid, [](bool b) { return b; }))
+      std::fill(wall + kGrid, wall + 4 * kGrid, true);
+    const bool under = bottom && bx[n] == ps[n];
+    const bool corner = bottom && !under && x == ps[n];
+    if (under) d = kFlipY[d];
+    else if (corner) d = kFlipXY[d];
+    if (under || corner) y = ly[n];
+    st[n] = (st[n] || score) && brick;
+    bx[n] = x, by[n] = y, dir[n] = d;
+    rw[n] = score;
+    tm[n] = bottom && !under && !corner;
+  }
+  return {reward, terminal};
+}
+
+// (N, 400) uint8, channel-major: paddle, ball, trail, brick.
+torch::Tensor breakout_observe(torch::Tensor ball_x, torch::Tensor ball_y, torch::Tensor pos, torch::Tensor last_x,
+                               torch::Tensor last_y, torch::Tensor bricks) {
+  const int64_t N = ball_x.size(0), cells = kGrid * kGrid;
+  const int64_t *bx = ptr_of<int64_t>(ball_x, "ball_x"), *by = ptr_of<int64_t>(ball_y, "ball_y");
+  const int64_t *ps = ptr_of<int64_t>(pos, "pos"), *lx = ptr_of<int64_t>(last_x, "last_x");
+  const int64_t* ly = ptr_of<int64_t>(last_y, "last_y");
+  const bool* br = ptr_of<bool>(bricks, "bricks");
+  auto obs = torch::zeros({N, 4 * cells}, torch::kUInt8);
+  uint8_t* o = obs.data_ptr<uint8_t>();
+  for (int64_t n = 0; n < N; ++n) {
+    uint8_t* on = o + n * 4 * cells;
+    TORCH_CHECK(0 <= by[n] && by[n] < kGrid && 0 <= ly[n] && ly[n] < kGrid, "ball row out of the grid");
+    on[9 * kGrid + ps[n]] = 1;
+    on[cells + by[n] * kGrid + bx[n]] = 1;
+    on[2 * cells + ly[n] * kGrid + lx[n]] = 1;
+    for (int64_t c = 0; c < cells; ++c) on[3 * cells + c] = br[n * cells + c];
+  }
+  return obs;
+}
+
+// State: int64 (N,) pos, alien_dir, move_interval, move_timer, alien_shot_timer, shot_timer,
+// ramp_index; bool (N, 10, 10) aliens, f_bullets, e_bullets. Returns (reward, terminal).
+std::vector<torch::Tensor> space_invaders_step(torch::Tensor pos, torch::Tensor alien_dir,
+                                               torch::Tensor move_interval, torch::Tensor move_timer,
+                                               torch::Tensor alien_shot_timer, torch::Tensor shot_timer,
+                                               torch::Tensor ramp_index, torch::Tensor aliens_t,
+                                               torch::Tensor f_bullets, torch::Tensor e_bullets,
+                                               torch::Tensor actions, bool ramping) {
+  constexpr int64_t kShotCoolDown = 5, kEnemyShotInterval = 10, cells = kGrid * kGrid;
+  const int64_t N = pos.size(0);
+  int64_t *ps = ptr_of<int64_t>(pos, "pos"), *dir = ptr_of<int64_t>(alien_dir, "alien_dir");
+  int64_t *mi = ptr_of<int64_t>(move_interval, "move_interval"), *mt = ptr_of<int64_t>(move_timer, "move_timer");
+  int64_t *ast = ptr_of<int64_t>(alien_shot_timer, "alien_shot_timer");
+  int64_t *sht = ptr_of<int64_t>(shot_timer, "shot_timer"), *ri = ptr_of<int64_t>(ramp_index, "ramp_index");
+  bool *al = ptr_of<bool>(aliens_t, "aliens"), *fb = ptr_of<bool>(f_bullets, "f_bullets");
+  bool* eb = ptr_of<bool>(e_bullets, "e_bullets");
+  const int64_t* act = ptr_of<int64_t>(actions, "actions");
+  auto reward = torch::zeros({N}, torch::kFloat32), terminal = torch::zeros({N}, torch::kFloat32);
+  float *rw = reward.data_ptr<float>(), *tm = terminal.data_ptr<float>();
+  bool moved[kGrid * kGrid];
+  for (int64_t n = 0; n < N; ++n) {
+    bool *a = al + n * cells, *f = fb + n * cells, *e = eb + n * cells;
+    auto at = [](bool* g, int64_t r, int64_t c) -> bool& { return g[r * kGrid + c]; };
+    auto count = [&]() { return int64_t(std::count(a, a + cells, true)); };
+    const bool fire = act[n] == 5 && sht[n] == 0;
+    if (fire) at(f, 9, ps[n]) = true, sht[n] = kShotCoolDown;
+    if (!fire && act[n] == 1) ps[n] = std::max<int64_t>(ps[n] - 1, 0);
+    else if (!fire && act[n] == 3) ps[n] = std::min<int64_t>(ps[n] + 1, 9);
+    std::copy(f + kGrid, f + cells, f);  // friendly bullets rise a row; the bottom row empties
+    std::fill(f + 9 * kGrid, f + cells, false);
+    std::copy_backward(e, e + 9 * kGrid, e + cells);  // enemy bullets fall a row
+    std::fill(e, e + kGrid, false);
+    bool term = at(e, 9, ps[n]) || at(a, 9, ps[n]);
+
+    const bool move = mt[n] == 0;
+    if (move) mt[n] = std::min(count(), mi[n]);
+    bool left_edge = false, right_edge = false, bottom_row = false;
+    for (int64_t r = 0; r < kGrid; ++r) left_edge |= at(a, r, 0), right_edge |= at(a, r, 9);
+    for (int64_t c = 0; c < kGrid; ++c) bottom_row |= at(a, 9, c);
+    const bool turn = move && ((left_edge && dir[n] < 0) || (right_edge && dir[n] > 0));
+    term |= turn && bottom_row;
+    if (turn) dir[n] = -dir[n];
+    if (turn) {  // down a row, the bottom row wrapping to the top as torch.roll does
+      for (int64_t r = 0; r < kGrid; ++r)
+        for (int64_t c = 0; c < kGrid; ++c) moved[r * kGrid + c] = at(a, (r + 9) % kGrid, c);
+      std::copy(moved, moved + cells, a);
+    } else if (move) {  // sideways, wrapping likewise
+      const int64_t shift = dir[n] > 0 ? 9 : 1;
+      for (int64_t r = 0; r < kGrid; ++r)
+        for (int64_t c = 0; c < kGrid; ++c) moved[r * kGrid + c] = at(a, r, (c + shift) % kGrid);
+      std::copy(moved, moved + cells, a);
+    }
+    term |= move && at(a, 9, ps[n]);
+
+    if (ast[n] == 0) {
+      ast[n] = kEnemyShotInterval;
+      int64_t col = 0, best = 10 * kGrid * kGrid;  // nearest column with an alien, ties to the left
+      for (int64_t c = 0; c < kGrid; ++c) {
+        bool occupied = false;
+        for (int64_t r = 0; r < kGrid; ++r) occupied |= at(a, r, c);
+        const int64_t rank = occupied ? std::abs(c - ps[n]) * kGrid + c : 10 * kGrid * kGrid;
+        if (rank < best) best = rank, col = c;
+      }
+      int64_t row = -1;  // its lowest alien; none gives -1, which torch's indexing reads as row 9
+      for (int64_t r = 0; r < kGrid; ++r)
+        if (at(a, r, col)) row = r;
+      at(e, row < 0 ? row + kGrid : row, col) = true;
+    }
+
+    int64_t kills = 0;
+    for (int64_t c = 0; c < cells; ++c)
+      if (a[c] && f[c]) ++kills, a[c] = false, f[c] = false;
+    if (sht[n] > 0) --sht[n];
+    --mt[n];
+    --ast[n];
+    if (count() == 0) {
+      if (mi[n] > 6 && ramping) --mi[n], ++ri[n];
+      for (int64_t r = 0; r < 4; ++r) std::fill(a + r * kGrid + 2, a + r * kGrid + 8, true);
+    }
+    rw[n] = float(kills);
+    tm[n] = term;
+  }
+  return {reward, terminal};
+}
+
+// (N, 600) uint8, channel-major: cannon, alien, alien_left, alien_right, friendly_bullet,
+// enemy_bullet.
+torch::Tensor space_invaders_observe(torch::Tensor pos, torch::Tensor alien_dir, torch::Tensor aliens,
+                                     torch::Tensor f_bullets, torch::Tensor e_bullets) {
+  const int64_t N = pos.size(0), cells = kGrid * kGrid;
+  const int64_t *ps = ptr_of<int64_t>(pos, "pos"), *dir = ptr_of<int64_t>(alien_dir, "alien_dir");
+  const bool *al = ptr_of<bool>(aliens, "aliens"), *fb = ptr_of<bool>(f_bullets, "f_bullets");
+  const bool* eb = ptr_of<bool>(e_bullets, "e_bullets");
+  auto obs = torch::zeros({N, 6 * cells}, torch::kUInt8);
+  uint8_t* o = obs.data_ptr<uint8_t>();
+  for (int64_t n = 0; n < N; ++n) {
+    uint8_t* on = o + n * 6 * cells;
+    const bool left = dir[n] < 0;
+    on[9 * kGrid + ps[n]] = 1;
+    for (int64_t c = 0; c < cells; ++c) {
+      const bool alien = al[n * cells + c];
+      on[cells + c] = alien;
+      on[2 * cells + c] = alien && left;
+      on[3 * cells + c] = alien && !left;
+      on[4 * cells + c] = fb[n * cells + c];
+      on[5 * cells + c] = eb[n * cells + c];
+    }
+  }
+  return obs;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Replay: observations stored bit-packed, most significant bit first (numpy's packbits), as
+// Replay.pack and Replay.unpack in sparse_dqn.py do it in torch ops.
+// ---------------------------------------------------------------------------------------------
+// obs (N, D) uint8 0/1 -> (N, ceil(D / 8)) uint8.
+torch::Tensor replay_pack(torch::Tensor obs) {
+  const int64_t N = obs.size(0), D = obs.size(1), bytes = (D + 7) / 8;
+  auto packed = torch::zeros({N, bytes}, torch::kUInt8);
+  const uint8_t* o = ptr_of<uint8_t>(obs, "obs");
+  uint8_t* out = packed.data_ptr<uint8_t>();
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t d = 0; d < D; ++d) out[n * bytes + d / 8] |= uint8_t(o[n * D + d] << (7 - d % 8));
+  return packed;
+}
+
+// The transitions idx (n, B) of agents (n,) from the rings (A, capacity, ...): observations
+// unpacked to float (n, B, D), actions as int64, rewards and terminals as float.
+std::vector<torch::Tensor> replay_sample(torch::Tensor obs, torch::Tensor next_obs, torch::Tensor action,
+                                         torch::Tensor reward, torch::Tensor done, torch::Tensor agents,
+                                         torch::Tensor idx, int64_t inputs) {
+  const int64_t n = idx.size(0), B = idx.size(1), capacity = obs.size(1), bytes = obs.size(2);
+  const int64_t A = obs.size(0);
+  const uint8_t *ob = ptr_of<uint8_t>(obs, "obs"), *nb = ptr_of<uint8_t>(next_obs, "next_obs");
+  const uint8_t* ac = ptr_of<uint8_t>(action, "action");
+  const float *rw = ptr_of<float>(reward, "reward"), *dn = ptr_of<float>(done, "done");
+  const int64_t *ag = ptr_of<int64_t>(agents, "agents"), *ix = ptr_of<int64_t>(idx, "idx");
+  auto x = torch::empty({n, B, inputs}, torch::kFloat32), x_next = torch::empty({n, B, inputs}, torch::kFloat32);
+  auto a = torch::empty({n, B}, torch::kInt64);
+  auto r = torch::empty({n, B}, torch::kFloat32), d = torch::empty({n, B}, torch::kFloat32);
+  float *xp = x.data_ptr<float>(), *xn = x_next.data_ptr<float>(), *rp = r.data_ptr<float>(), *dp = d.data_ptr<float>();
+  int64_t* ap = a.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(0 <= ag[i] && ag[i] < A, "agent index out of range");
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t t = ix[i * B + b];
+      TORCH_CHECK(0 <= t && t < capacity, "replay index out of range");
+      const int64_t slot = ag[i] * capacity + t, row = i * B + b;
+      for (int64_t k = 0; k < inputs; ++k) {
+        const int shift = 7 - k % 8;
+        xp[row * inputs + k] = float((ob[slot * bytes + k / 8] >> shift) & 1);
+        xn[row * inputs + k] = float((nb[slot * bytes + k / 8] >> shift) & 1);
+      }
+      ap[row] = ac[slot], rp[row] = rw[slot], dp[row] = dn[slot];
+    }
+  }
+  return {x, a, r, x_next, d};
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_forward", &sparse_forward);
   m.def("sparse_grad_weight", &sparse_grad_weight);
   m.def("sparse_grad_input", &sparse_grad_input);
+  m.def("breakout_step", &breakout_step);
+  m.def("breakout_observe", &breakout_observe);
+  m.def("space_invaders_step", &space_invaders_step);
+  m.def("space_invaders_observe", &space_invaders_observe);
+  m.def("replay_pack", &replay_pack);
+  m.def("replay_sample", &replay_sample);
   m.def("centred_rmsprop_step", &centred_rmsprop_step, py::arg("param"), py::arg("grad"), py::arg("square_avg"),
         py::arg("grad_avg"), py::arg("lr"), py::arg("alpha"), py::arg("eps"), py::arg("l1") = py::none());
 }

@@ -1,5 +1,7 @@
-"""The batched torch games against minatar itself, frame by frame, with the same draws: a twin
-numpy RandomState per agent makes the calls minatar's own makes, in the same order."""
+"""The batched games against minatar itself, frame by frame, with the same draws: a twin numpy
+RandomState per agent makes the calls minatar's own makes, in the same order. Each test runs both
+implementations of the rules: torch ops (the GPU's) and the C++ kernels (the CPU's default)."""
+import os
 import copy
 
 import numpy as np
@@ -13,7 +15,7 @@ import sparse_dqn as sd
 class Twins:
     """N minatar environments and the batched game, driven by the same actions and draws."""
 
-    def __init__(self, env: str, seeds, sticky=0.1, ramping=True):
+    def __init__(self, env: str, seeds, native: bool, sticky=0.1, ramping=True):
         self.env = env
         self.ref = []
         for s in seeds:
@@ -21,7 +23,7 @@ class Twins:
             e.seed(s)
             self.ref.append(e)
         self.twin = [np.random.RandomState(s) for s in seeds]
-        self.game = sd.GAMES[env](len(seeds), sticky, ramping)
+        self.game = sd.GAMES[env](len(seeds), sticky, ramping, native=native)
         self.episodes = 0
         everyone = torch.ones(len(seeds), dtype=torch.bool)
         for e in self.ref:
@@ -56,9 +58,17 @@ class Twins:
         return np.array(rewards), np.array(terminals)
 
 
+@pytest.fixture(params=[False, True], ids=["torch", "native"])
+def native(request):
+    if request.param and sd._kernels() is None:
+        assert not os.environ.get("CI"), "the C++ kernels did not build under CI"
+        pytest.skip("the C++ kernels are not built on this machine")
+    return request.param
+
+
 @pytest.mark.parametrize("env", ["breakout", "space_invaders"])
-def test_random_play_matches_minatar_frame_by_frame(env):
-    twins = Twins(env, seeds=range(100, 132))
+def test_random_play_matches_minatar_frame_by_frame(env, native):
+    twins = Twins(env, seeds=range(100, 132), native=native)
     actions = np.random.default_rng(7)
     twins.step(np.full(32, 5))  # every agent's last action is now 5: sticky draws repeat it
     while twins.episodes < 200:
@@ -80,8 +90,8 @@ def breakout_policy(env, rng):
     return 3 if g.pos < target else 1 if g.pos > target else 0
 
 
-def test_scripted_breakout_clears_every_brick_and_the_wall_refills():
-    twins = Twins("breakout", seeds=range(4), sticky=0.0)
+def test_scripted_breakout_clears_every_brick_and_the_wall_refills(native):
+    twins = Twins("breakout", seeds=range(4), native=native, sticky=0.0)
     rng = np.random.default_rng(0)
     refilled = np.zeros(4, bool)
     for _ in range(2_000):
@@ -127,8 +137,8 @@ def invaders_policy(env):
     return 3 if g.pos < target else 1 if g.pos > target else 0
 
 
-def test_scripted_space_invaders_clears_three_waves_with_ramping():
-    twins = Twins("space_invaders", seeds=range(4), sticky=0.0)
+def test_scripted_space_invaders_clears_three_waves_with_ramping(native):
+    twins = Twins("space_invaders", seeds=range(4), native=native, sticky=0.0)
     for _ in range(3_000):
         twins.step([invaders_policy(e) for e in twins.ref])
         assert twins.game.ramp_index.tolist() == [e.env.ramp_index for e in twins.ref]

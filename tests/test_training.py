@@ -1,4 +1,5 @@
 import dataclasses
+import os
 import json
 
 import numpy as np
@@ -125,3 +126,22 @@ def test_short_breakout_run_beats_the_random_policy():
     baseline = random_policy_return()
     assert 0.3 < baseline < 0.8
     assert trained > 2 * baseline, (trained, baseline)
+
+
+def test_the_replays_cpp_pack_and_sample_equal_its_torch_ops_and_numpys_packbits():
+    if sd._kernels() is None:
+        assert not os.environ.get("CI"), "the C++ kernels did not build under CI"
+        pytest.skip("the C++ kernels are not built on this machine")
+    rng = torch.Generator().manual_seed(3)
+    native, plain = (sd.Replay(3, 50, 603, "cpu", native=flag) for flag in (True, False))
+    for _ in range(50):
+        obs, next_obs = ((torch.rand(3, 603, generator=rng) < 0.2).to(torch.uint8) for _ in range(2))
+        action, reward, done = torch.randint(0, 6, (3,), generator=rng), torch.rand(3, generator=rng), torch.rand(3, generator=rng).round()
+        packed = native.pack(obs)
+        assert torch.equal(packed, plain.pack(obs))
+        assert np.array_equal(packed.numpy(), np.packbits(obs.numpy(), axis=1))
+        for replay in (native, plain):
+            replay.add(replay.pack(obs), action, reward, replay.pack(next_obs), done)
+    agents, idx = torch.tensor([2, 0]), torch.randint(0, 50, (2, 32), generator=rng)
+    for mine, theirs in zip(native.sample(agents, idx), plain.sample(agents, idx)):
+        assert mine.dtype == theirs.dtype and torch.equal(mine, theirs)
