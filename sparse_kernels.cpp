@@ -43,13 +43,12 @@ struct Inverse {
 // `at` and their count returned; more return kMany (take the vector loop over the whole column).
 constexpr int kFew = 4, kMany = kFew + 1;
 static int few_nonzero(const float* column, int64_t B, int32_t* at) {
+  int64_t on = 0;  // a branch-free count first: most columns are zero in every sample
+  for (int64_t b = 0; b < B; ++b) on += column[b] != 0.f;
+  if (on == 0 || on > kFew) return on == 0 ? 0 : kMany;
   int count = 0;
-  for (int64_t b = 0; b < B; ++b) {
-    if (column[b] != 0.f) {
-      if (count == kFew) return kMany;
-      at[count++] = int32_t(b);
-    }
-  }
+  for (int64_t b = 0; b < B; ++b)
+    if (column[b] != 0.f) at[count++] = int32_t(b);
   return count;
 }
 
@@ -125,6 +124,8 @@ torch::Tensor sparse_grad_weight(torch::Tensor grad, torch::Tensor xt, torch::Te
   const int64_t parts = std::min(parts_per_agent(N), D);
   at::parallel_for(0, N * parts, 1, [&](int64_t begin, int64_t end) {
     FlushDenormals flush;
+    std::vector<float> row_sum(U);
+    std::vector<uint8_t> summed(U);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / parts, part = item % parts;
       const int32_t* p = inv.ptr + n * (D + 1);
@@ -133,10 +134,25 @@ torch::Tensor sparse_grad_weight(torch::Tensor grad, torch::Tensor xt, torch::Te
       const float* g = gp + n * U * B;
       float* w = wp + n * entries;
       int32_t at[kFew];
+      std::fill(summed.begin(), summed.end(), 0);
       for (int64_t i = D * part / parts; i < D * (part + 1) / parts; ++i) {
         const float* x = xp + (n * D + i) * B;
         const int count = few_nonzero(x, B, at);
         if (count == 0) continue;
+        if (count == kMany && std::all_of(x, x + B, [](float v) { return v == 1.f; })) {
+          // On in every sample (Breakout's bricks): the sum is the unit's whole row, the same
+          // for every input of the unit that is always on, so each unit sums its row once.
+          for (int32_t e = p[i]; e < p[i + 1]; ++e) {
+            if (!summed[u[e]]) {
+              const float* row = g + int64_t(u[e]) * B;
+              float s = 0.f;
+              for (int64_t b = 0; b < B; ++b) s += row[b] * x[b];
+              row_sum[u[e]] = s, summed[u[e]] = 1;
+            }
+            w[f[e]] = row_sum[u[e]];
+          }
+          continue;
+        }
         for (int32_t e = p[i]; e < p[i + 1]; ++e) {
           const float* row = g + int64_t(u[e]) * B;
           float s = 0.f;

@@ -30,6 +30,9 @@ def load_baseline(rev: str):
                             capture_output=True, text=True).stdout
     path = Path(tempfile.mkdtemp()) / "sparse_dqn_baseline.py"
     path.write_text(source)
+    kernels = subprocess.run(["git", "show", f"{rev}:sparse_kernels.cpp"], cwd=ROOT, capture_output=True, text=True)
+    if kernels.returncode == 0:  # a baseline with C++ kernels builds and runs its own
+        path.with_name("sparse_kernels.cpp").write_text(kernels.stdout)
     spec = importlib.util.spec_from_file_location("sparse_dqn_baseline", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
@@ -51,14 +54,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline-rev", default="deed7de", help="git revision of the baseline")
     parser.add_argument("--populations", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--cases", nargs="+", metavar="ENV/ARCH/REGIME",
+                        default=["/".join(c) for c in CASES], help="what to measure (default: the four above)")
     parser.add_argument("--agent-steps", type=int, default=20_000, help="agent-steps per measurement")
     parser.add_argument("--json", type=Path, help="where to write the results")
     args = parser.parse_args()
     old = load_baseline(args.baseline_rev)
-    out = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
+    out = {"command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
+           "torch": torch.__version__,
            "threads": torch.get_num_threads(), "baseline": args.baseline_rev,
            "kernels": new.kernel_backend(), "results": {}}
-    for env, arch, regime in CASES:
+    for env, arch, regime in (c.split("/") for c in args.cases):
         for n in args.populations:
             frames = max(400, args.agent_steps // n)
             r_old = rate(old, env, arch, regime, n, frames)
