@@ -72,8 +72,8 @@ def main():
             name = f"{env}/{arch}/{regime}/{n}"
             out["results"][name] = {"old": r_old, "new": r_new, "ratio": r_new / r_old}
             print(f"{name:40s} old {r_old:8.0f}  new {r_new:8.0f}  agent-steps/s  {r_new / r_old:5.2f}x", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=2))
+            if args.json:  # after every case: an interrupted run keeps what it measured
+                args.json.write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":
