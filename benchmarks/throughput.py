@@ -23,12 +23,13 @@ CASES = [(arch, regime) for arch in sd.ARCHS for regime in sd.REGIMES if (arch, 
 
 
 def measure(env: str, arch: str, regime: str, agents: int, learning_frames: int, device: str) -> float:
-    """Agent-steps/s over `learning_frames` frames that all update (after a 200-frame warm-up)."""
-    fields = dict(env=env, arch=arch, regime=regime, learning_starts=200, replay_size=10_000,
+    """Agent-steps/s of a run in which every frame after the first 40 (which fill the replay past
+    one batch) acts and updates, timed after an untimed warm-up run."""
+    fields = dict(env=env, arch=arch, regime=regime, learning_starts=40, replay_size=10_000,
                   pan_frames=5_000, device=device)
     seeds = list(range(agents))
-    sd.train(sd.Config(frames=260, **fields), seeds, progress=False)  # first-touch and PAN costs
-    cfg = sd.Config(frames=200 + learning_frames, **fields)
+    sd.train(sd.Config(frames=100, **fields), seeds, progress=False)  # first-touch and PAN costs
+    cfg = sd.Config(frames=40 + learning_frames, **fields)
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     start = time.perf_counter()
@@ -51,8 +52,8 @@ def main():
     args = parser.parse_args()
     sd.check_device(args.device)
 
-    out = {"machine": platform.processor() or platform.machine(), "torch": torch.__version__,
-           "threads": torch.get_num_threads(), "device": args.device,
+    out = {"command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
+           "torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device,
            "gpu": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else None,
            "kernels": sd.kernel_backend() if args.device == "cpu" else "torch", "results": {}}
     for env in args.envs:
