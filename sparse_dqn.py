@@ -237,6 +237,15 @@ def uniform(keys: torch.Tensor, stream: str, counter: torch.Tensor) -> torch.Ten
 # actions (one draw per act) and the last action kept across episodes. Draws come in as tensors,
 # so a test can feed the very numbers that minatar's own RandomState produces.
 # ----------------------------------------------------------------------------------------------
+def native_kernels(device: torch.device, native: bool | None):
+    """The C++ kernels for a game or replay on `device`: used where native is True, or None (the
+    default) on a CPU where they are built; None where native is False."""
+    kernels = _kernels() if device.type == "cpu" else None
+    if native and kernels is None:
+        raise ValueError("native=True needs the C++ kernels and a CPU device")
+    return kernels if native or native is None else None
+
+
 class BatchedGame:
     """native: step and observe in the C++ kernels (the CPU default where they are built), or
     (False) in torch ops, as on the GPU. Both run the same rules on the same state tensors."""
@@ -245,11 +254,7 @@ class BatchedGame:
         self.n, self.sticky, self.device = n, sticky_action_prob, torch.device(device)
         self.rows = torch.arange(n, device=self.device)
         self.last_action = torch.zeros(n, dtype=torch.long, device=self.device)
-        if native is None:
-            native = self.device.type == "cpu" and _kernels() is not None
-        if native and (self.device.type != "cpu" or _kernels() is None):
-            raise ValueError("native=True needs the C++ kernels and a CPU device")
-        self._native = _kernels() if native else None
+        self._native = native_kernels(self.device, native)
 
     def act(self, actions: torch.Tensor, sticky_draw: torch.Tensor):
         """minatar.Environment.act for every agent: a draw below the sticky probability repeats
@@ -891,9 +896,7 @@ class Replay:
     def __init__(self, agents: int, capacity: int, input_size: int, device: torch.device,
                  native: bool | None = None):
         device = torch.device(device)
-        if native is None:  # pack and sample in the C++ kernels: the CPU default where they are built
-            native = device.type == "cpu" and _kernels() is not None
-        self._native = _kernels() if native else None
+        self._native = native_kernels(device, native)  # pack and sample
         nbytes = (input_size + 7) // 8
         self.capacity, self.input_size, self.size, self.pos = capacity, input_size, 0, 0
         self.obs = torch.zeros(agents, capacity, nbytes, dtype=torch.uint8, device=device)

@@ -45,7 +45,8 @@ constexpr int kFew = 4, kMany = kFew + 1;
 static int few_nonzero(const float* column, int64_t B, int32_t* at) {
   int64_t on = 0;  // a branch-free count first: most columns are zero in every sample
   for (int64_t b = 0; b < B; ++b) on += column[b] != 0.f;
-  if (on == 0 || on > kFew) return on == 0 ? 0 : kMany;
+  if (on == 0) return 0;
+  if (on > kFew) return kMany;
   int count = 0;
   for (int64_t b = 0; b < B; ++b)
     if (column[b] != 0.f) at[count++] = int32_t(b);
@@ -139,21 +140,14 @@ torch::Tensor sparse_grad_weight(torch::Tensor grad, torch::Tensor xt, torch::Te
         const float* x = xp + (n * D + i) * B;
         const int count = few_nonzero(x, B, at);
         if (count == 0) continue;
-        if (count == kMany && std::all_of(x, x + B, [](float v) { return v == 1.f; })) {
-          // On in every sample (Breakout's bricks): the sum is the unit's whole row, the same
-          // for every input of the unit that is always on, so each unit sums its row once.
-          for (int32_t e = p[i]; e < p[i + 1]; ++e) {
-            if (!summed[u[e]]) {
-              const float* row = g + int64_t(u[e]) * B;
-              float s = 0.f;
-              for (int64_t b = 0; b < B; ++b) s += row[b] * x[b];
-              row_sum[u[e]] = s, summed[u[e]] = 1;
-            }
-            w[f[e]] = row_sum[u[e]];
-          }
-          continue;
-        }
+        // On in every sample (Breakout's bricks): the sum is the unit's whole row, the same for
+        // every input of the unit that is always on, so each unit sums its row once.
+        const bool always_on = count == kMany && std::all_of(x, x + B, [](float v) { return v == 1.f; });
         for (int32_t e = p[i]; e < p[i + 1]; ++e) {
+          if (always_on && summed[u[e]]) {
+            w[f[e]] = row_sum[u[e]];
+            continue;
+          }
           const float* row = g + int64_t(u[e]) * B;
           float s = 0.f;
           if (count < kMany) {
@@ -161,6 +155,7 @@ torch::Tensor sparse_grad_weight(torch::Tensor grad, torch::Tensor xt, torch::Te
           } else {
             for (int64_t b = 0; b < B; ++b) s += row[b] * x[b];
           }
+          if (always_on) row_sum[u[e]] = s, summed[u[e]] = 1;
           w[f[e]] = s;
         }
       }

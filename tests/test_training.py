@@ -1,5 +1,4 @@
 import dataclasses
-import os
 import json
 
 import numpy as np
@@ -128,10 +127,7 @@ def test_short_breakout_run_beats_the_random_policy():
     assert trained > 2 * baseline, (trained, baseline)
 
 
-def test_the_replays_cpp_pack_and_sample_equal_its_torch_ops_and_numpys_packbits():
-    if sd._kernels() is None:
-        assert not os.environ.get("CI"), "the C++ kernels did not build under CI"
-        pytest.skip("the C++ kernels are not built on this machine")
+def test_the_replays_cpp_pack_and_sample_equal_its_torch_ops_and_numpys_packbits(cpp_kernels):
     rng = torch.Generator().manual_seed(3)
     native, plain = (sd.Replay(3, 50, 603, "cpu", native=flag) for flag in (True, False))
     for _ in range(50):
