@@ -12,6 +12,7 @@ Observations are flattened channel-major: input index d = channel * 100 + row * 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -1564,6 +1565,42 @@ def plan_populations(runs: Sequence[tuple[Config, int]], max_agents: int) -> lis
     return [group[i:i + max_agents] for group in by_env.values() for i in range(0, len(group), max_agents)]
 
 
+@contextlib.contextmanager
+def claimed(results_dir: str | Path, runs: Sequence[tuple[Config, int]]):
+    """Hold the runs of one population for this process, so that sweeps sharing a store (several
+    workers on one machine, or on hosts sharing a file system) train each run once. Yields None
+    when every run is held here, else a line naming the worker holding one. The holds are flock()s
+    on files under results_dir/.claims: the kernel drops them when their process ends, so a killed
+    worker leaves nothing to clean up. A frozen L1 run also holds the learned run it needs."""
+    import fcntl
+    import socket
+
+    folder = Path(results_dir) / ".claims"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = {f"{c.key()}_{run_name(c, s)}" for c, s in runs}
+    names |= {f"{dataclasses.replace(c, regime='learned').key()}_{run_name(c, s)}"
+              for c, s in runs if c.arch == "l1" and c.regime == "frozen"}
+    held, holder = [], None
+    try:
+        for name in sorted(names):
+            f = open(folder / f"{name}.lock", "a+")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f"{name} is held by {f.read().strip() or 'another worker'}"
+                f.close()
+                break
+            f.truncate(0)
+            f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+            f.flush()
+            held.append(f)
+        yield holder
+    finally:
+        for f in held:
+            f.close()  # closing drops the flock
+
+
 class SweepJob:
     """One population of a sweep as a callable, for submitit: rerun after preemption or a time
     limit, it resumes from the population's checkpoint."""
@@ -1575,7 +1612,11 @@ class SweepJob:
     def __call__(self) -> int:
         for name, fn in self.masks.items():  # a fresh Python on the cluster knows only the built-ins
             MASKS.setdefault(name, fn)
-        return len(train_runs(self.runs, self.results_dir, progress=False))
+        with claimed(self.results_dir, self.runs) as holder:
+            if holder:  # another sweep trains these runs
+                print(f"skipped: {holder}", file=sys.stderr)
+                return 0
+            return len(train_runs(self.runs, self.results_dir, progress=False))
 
     def checkpoint(self, *args, **kwargs):
         import submitit
@@ -1613,6 +1654,7 @@ def sweep(profile: str, envs: Sequence[str], results_dir: str | Path, max_agents
             print(f"measured {rate:,.0f} agent-steps/s on a population of {len(populations[0])}: "
                   f"about {steps / rate / 3600:.1f} hours on this machine")
         return populations
+    check_results_dir(results_dir)
     if executor == "slurm":
         return _sweep_slurm(populations, results_dir, slurm or {})
     from tqdm import tqdm
@@ -1621,7 +1663,11 @@ def sweep(profile: str, envs: Sequence[str], results_dir: str | Path, max_agents
                unit="agent-frame", unit_scale=True, desc=f"sweep {profile}", file=sys.stderr,
                mininterval=5.0, disable=not progress)
     for pop in populations:
-        train_runs(pop, results_dir, progress=bar.update)
+        with claimed(results_dir, pop) as holder:
+            if holder:
+                tqdm.write(f"skipped a population of {len(pop)} that another worker trains ({holder})", file=sys.stderr)
+                continue
+            train_runs(pop, results_dir, progress=bar.update)
     bar.close()
     return populations
 

@@ -84,3 +84,26 @@ def test_the_study_book_refuses_to_train_and_names_what_is_missing(tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines() == [f"error: {sd.missing_runs('study', store)}"]
     assert not (tmp_path / "executed").exists()  # stopped before any notebook ran
+
+
+def test_sweeps_sharing_a_store_train_each_run_once_and_a_killed_worker_holds_nothing(tmp_path):
+    runs = sd.profile_runs("smoke", ["breakout"])
+    first = sd.plan_populations(runs, 4)[0]
+    with sd.claimed(tmp_path, first) as holder:  # another worker is training the first population
+        assert holder is None
+        sd.sweep("smoke", ["breakout"], tmp_path, max_agents=4, progress=False)
+    stored = {run for run in runs if sd.load_run(tmp_path, *run) is not None}
+    assert stored == set(runs) - set(first)
+
+    cfg, seed = first[0]
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, sparse_dqn as sd; c = sd.claimed(sys.argv[1], "
+                               f"[(sd.Config(**{sd.dataclasses.asdict(cfg)!r}), {seed})]); c.__enter__(); "
+                               "print('held', flush=True); sys.stdin.read()", str(tmp_path)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with sd.claimed(tmp_path, first) as line:
+        assert line is not None and f"pid {holder.pid} on" in line
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    sd.sweep("smoke", ["breakout"], tmp_path, max_agents=4, progress=False)
+    assert all(sd.load_run(tmp_path, *run) is not None for run in runs)
