@@ -704,10 +704,12 @@ def _kernels():
         source = Path(__file__).with_name("sparse_kernels.cpp")
         # -fopenmp: ATen's parallel_for splits work over threads only where OpenMP is on.
         # -fno-math-errno: lets the compiler vectorise sqrt. -march=native: the widest vectors
-        # this processor has; the build is named after the processor's features, so machines
-        # that share a home directory (a cluster's nodes) each build their own.
+        # this processor has. The build is named after the processor's features and the source,
+        # so machines that share a home directory (a cluster's nodes) each build their own, and
+        # two checkouts of different versions never load each other's kernels.
         flags = ["-O3", "-fopenmp", "-fno-math-errno", "-march=native"]
-        return load(f"sparse_dqn_kernels_{_cpu_id()}", [str(source)], extra_cflags=flags,
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()[:10]
+        return load(f"sparse_dqn_kernels_{_cpu_id()}_{digest}", [str(source)], extra_cflags=flags,
                     extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as err:  # no compiler, no headers, a failed build: the torch path still works
         warnings.warn(f"C++ kernels unavailable, using the pure-torch path ({type(err).__name__}: "

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <vector>
 #include <cmath>
+#include <cstring>
 #if defined(__SSE__)
 #include <xmmintrin.h>
 #endif
@@ -112,11 +113,24 @@ torch::Tensor sparse_forward(torch::Tensor xt, torch::Tensor weight, torch::Tens
   return out;
 }
 
+// Sums for kBlock units at a time, held in registers as kVecs vectors of kLanes floats (GCC's
+// vector extension, lowered to the widest vectors the target has).
+constexpr int kLanes = 16, kVecs = 4;
+constexpr int64_t kBlock = kLanes * kVecs;
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+
 // grad (N, U, B) of the pre-activations, xt (N, D, B) -> weight gradient (N, U * K). Pieces of an
 // agent are ranges of inputs: each weight belongs to one input, so they write disjoint entries.
+// A weight's gradient is its unit's gradient times its input, summed over the batch in batch order.
+// An input on in a few samples: each weight adds up those few. An input on in many samples: a
+// weight-by-weight sum would be one chain of dependent adds per weight, so every unit's sum is
+// computed at once, from the gradient laid out by sample, as vectors across units that add one
+// sample after another in batch order (the same order, so the same bits as the chain); each
+// weight then takes its unit's sum. Inputs on in every sample (Breakout's bricks) share one set.
 torch::Tensor sparse_grad_weight(torch::Tensor grad, torch::Tensor xt, torch::Tensor ptr,
                                  torch::Tensor flat, torch::Tensor unit, int64_t entries) {
   const int64_t N = xt.size(0), D = xt.size(1), B = xt.size(2), U = grad.size(1);
+  const int64_t padded = (U + kBlock - 1) / kBlock * kBlock;
   auto gw = torch::zeros({N, entries}, xt.options());
   const float* xp = xt.data_ptr<float>();
   const float* gp = grad.data_ptr<float>();
@@ -125,8 +139,8 @@ torch::Tensor sparse_grad_weight(torch::Tensor grad, torch::Tensor xt, torch::Te
   const int64_t parts = std::min(parts_per_agent(N), D);
   at::parallel_for(0, N * parts, 1, [&](int64_t begin, int64_t end) {
     FlushDenormals flush;
-    std::vector<float> row_sum(U);
-    std::vector<uint8_t> summed(U);
+    std::vector<float> by_sample(B * padded, 0.f), sums(padded), always_on_sums(padded);  // padding stays 0
+    std::vector<int32_t> lanes(B);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / parts, part = item % parts;
       const int32_t* p = inv.ptr + n * (D + 1);
@@ -135,29 +149,46 @@ torch::Tensor sparse_grad_weight(torch::Tensor grad, torch::Tensor xt, torch::Te
       const float* g = gp + n * U * B;
       float* w = wp + n * entries;
       int32_t at[kFew];
-      std::fill(summed.begin(), summed.end(), 0);
+      bool laid_out = false, always_on_summed = false;
       for (int64_t i = D * part / parts; i < D * (part + 1) / parts; ++i) {
         const float* x = xp + (n * D + i) * B;
         const int count = few_nonzero(x, B, at);
         if (count == 0) continue;
-        // On in every sample (Breakout's bricks): the sum is the unit's whole row, the same for
-        // every input of the unit that is always on, so each unit sums its row once.
-        const bool always_on = count == kMany && std::all_of(x, x + B, [](float v) { return v == 1.f; });
-        for (int32_t e = p[i]; e < p[i + 1]; ++e) {
-          if (always_on && summed[u[e]]) {
-            w[f[e]] = row_sum[u[e]];
-            continue;
-          }
-          const float* row = g + int64_t(u[e]) * B;
-          float s = 0.f;
-          if (count < kMany) {
+        if (count < kMany) {
+          for (int32_t e = p[i]; e < p[i + 1]; ++e) {
+            const float* row = g + int64_t(u[e]) * B;
+            float s = 0.f;
             for (int c = 0; c < count; ++c) s += row[at[c]] * x[at[c]];
-          } else {
-            for (int64_t b = 0; b < B; ++b) s += row[b] * x[b];
+            w[f[e]] = s;
           }
-          if (always_on) row_sum[u[e]] = s, summed[u[e]] = 1;
-          w[f[e]] = s;
+          continue;
         }
+        const bool always_on = std::all_of(x, x + B, [](float v) { return v == 1.f; });
+        float* s = always_on ? always_on_sums.data() : sums.data();
+        if (!(always_on && always_on_summed)) {
+          if (!laid_out) {  // this agent's gradient as (B, units), on first need
+            for (int64_t j = 0; j < U; ++j)
+              for (int64_t b = 0; b < B; ++b) by_sample[b * padded + j] = g[j * B + b];
+            laid_out = true;
+          }
+          int on = 0;
+          for (int64_t b = 0; b < B; ++b) lanes[on] = int32_t(b), on += x[b] != 0.f;
+          for (int64_t u0 = 0; u0 < padded; u0 += kBlock) {
+            Vec acc[kVecs] = {};
+            for (int c = 0; c < on; ++c) {
+              const float* row = by_sample.data() + int64_t(lanes[c]) * padded + u0;
+              const float xv = x[lanes[c]];
+              for (int v = 0; v < kVecs; ++v) {
+                Vec r;
+                std::memcpy(&r, row + v * kLanes, sizeof r);
+                acc[v] += r * xv;
+              }
+            }
+            std::memcpy(s + u0, acc, sizeof acc);
+          }
+          always_on_summed |= always_on;
+        }
+        for (int32_t e = p[i]; e < p[i + 1]; ++e) w[f[e]] = s[u[e]];
       }
     }
   });

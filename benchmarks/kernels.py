@@ -1,0 +1,97 @@
+"""The sparse layer's C++ kernels of this checkout against those of another version, alone,
+outside training: both builds in one process, timed alternately (one thread, min of 5 rounds of
+100 calls) on real observations of a batch of 32 from 8 agents' games, and checked equal bit for
+bit on every round.
+
+    python benchmarks/kernels.py --baseline-rev 8cdb882 --cases space_invaders/predictive breakout/spatial
+"""
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.cpp_extension import load
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import sparse_dqn as sd  # noqa: E402
+
+FLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-march=native"]  # as sparse_dqn builds them
+
+
+def build(name: str, source: str):
+    path = Path(tempfile.mkdtemp()) / f"{name}.cpp"
+    path.write_text(source)
+    return load(name, [str(path)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"])
+
+
+def observations(cfg: sd.Config, agents: int, frames: int = 600) -> torch.Tensor:
+    """(agents, frames, inputs) observations of random play."""
+    games = sd.make_games(cfg, agents)
+    games.reset(torch.ones(agents, dtype=torch.bool), torch.rand(agents))
+    seen = []
+    for _ in range(frames):
+        _, done = games.act(torch.randint(0, sd.NUM_ACTIONS, (agents,)), torch.rand(agents))
+        seen.append(games.observe().float())
+        games.reset(done.bool(), torch.rand(agents))
+    return torch.stack(seen, 1)
+
+
+def timed(fn, *args, calls=100) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn(*args)
+    return (time.perf_counter() - start) / calls * 1e3
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--baseline-rev", required=True, help="git revision whose sparse_kernels.cpp to compare")
+    parser.add_argument("--cases", nargs="+", metavar="ENV/ARCH", default=["breakout/spatial", "space_invaders/predictive"])
+    parser.add_argument("--agents", type=int, default=8)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    old_source = subprocess.run(["git", "show", f"{args.baseline_rev}:sparse_kernels.cpp"], cwd=ROOT,
+                                check=True, capture_output=True, text=True).stdout
+    mods = {"old": build(f"kernels_{args.baseline_rev}", old_source),
+            "new": build("kernels_checkout", (ROOT / "sparse_kernels.cpp").read_text())}
+    out = {"command": "python " + " ".join(sys.argv), "torch": torch.__version__, "results": {}}
+    torch.manual_seed(0)
+    for case in args.cases:
+        env, arch = case.split("/")
+        cfg = sd.Config(env=env, arch=arch, regime="learned", pan_frames=5_000)
+        n = args.agents
+        masks = torch.stack([sd.build_mask(cfg, s)[0] for s in range(n)])
+        inverse = sd.sparse_plan(masks, cfg.input_size).inverse
+        obs = observations(cfg, n)
+        units, k = masks.shape[1:]
+        w, b = torch.rand(n, units * k) - 0.5, torch.rand(n, units) - 0.5
+        times = {}
+        for _ in range(5):
+            x = obs[:, torch.randint(0, obs.shape[1], (32,))].transpose(1, 2).contiguous()
+            grad = torch.randn(n, units, 32)
+            grad = torch.where(mods["new"].sparse_forward(x, w, b, *inverse) > 0, grad, 0.0)  # through the ReLU
+            results = {}
+            for name, mod in mods.items():
+                times.setdefault(f"forward/{name}", []).append(timed(mod.sparse_forward, x, w, b, *inverse))
+                times.setdefault(f"grad_weight/{name}", []).append(
+                    timed(mod.sparse_grad_weight, grad, x, *inverse, units * k))
+                results[name] = (mod.sparse_forward(x, w, b, *inverse), mod.sparse_grad_weight(grad, x, *inverse, units * k))
+            for old, new in zip(results["old"], results["new"]):
+                assert torch.equal(old.view(torch.int32), new.view(torch.int32)), f"{case}: the kernels differ"
+        best = {key: min(v) for key, v in times.items()}
+        out["results"][case] = best
+        for kernel in ("forward", "grad_weight"):
+            o, nw = best[f"{kernel}/old"], best[f"{kernel}/new"]
+            print(f"{case:28s} {kernel:11s} old {o:7.3f} ms  new {nw:7.3f} ms  {o / nw:5.2f}x", flush=True)
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
