@@ -28,6 +28,34 @@ def test_sparse_linear_equals_dense_masked_matmul_in_values_and_gradients():
     torch.testing.assert_close(x.grad, x2.grad)
 
 
+
+def test_the_cpp_sparse_layer_equals_a_dense_masked_layer_in_values_and_gradients(cpp_kernels):
+    """Every path of the C++ kernels: inputs off in the whole batch, on in a few samples, in many,
+    in every sample, and real-valued; a unit count that is not a multiple of the vector block."""
+    torch.manual_seed(1)
+    n, b, d, u, k = 2, 32, 60, 70, 9
+    x = (torch.rand(n, b, d) < 0.3).float()
+    x[:, :, :5] = 1.0  # on in every sample
+    x[:, :, 5:10] = 0.0  # off in every sample
+    x[:, :, 10:15] = 0.0
+    x[:, :3, 10:15] = 1.0  # on in a few samples
+    x[:, :, 15:20] *= torch.randn(n, b, 5)  # real-valued
+    index = torch.stack([torch.stack([torch.randperm(d)[:k] for _ in range(u)]) for _ in range(n)])
+    w = torch.randn(n, u, k, requires_grad=True)
+    bias = torch.randn(n, u, requires_grad=True)
+    xs = x.clone().requires_grad_(True)
+    plan = sd.sparse_plan(index, d)
+    assert plan.inverse is not None
+    out = sd.sparse_relu_layer(xs, w, bias, plan)
+    w2, bias2, x2 = (t.detach().clone().requires_grad_(True) for t in (w, bias, x))
+    ref = torch.relu(dense_masked(x2, w2, index, d) + bias2.unsqueeze(2))
+    torch.testing.assert_close(out, ref)
+    g = torch.randn_like(out)
+    out.backward(g)
+    ref.backward(g)
+    for mine, theirs in ((w, w2), (bias, bias2), (xs, x2)):
+        torch.testing.assert_close(mine.grad, theirs.grad)
+
 def test_q_values_shapes_for_every_architecture():
     for env in sd.CHANNELS:
         for arch in ["dense", "spatial", "minatar_cnn"]:
