@@ -529,7 +529,10 @@ def pan_weights(transitions: Iterable[tuple[np.ndarray, np.ndarray, bool]], inpu
         bootstrap = 0.0 if terminal else gamma * (w @ o_next)
         delta = o_next + bootstrap - w @ o
         z = gamma * lam * z + o
-        w += step_size * np.outer(delta, z)
+        # Inputs not yet seen this episode have zero trace: their columns would gain exactly
+        # +-0, which leaves w as it is (w never holds -0), so only the others are updated.
+        seen = np.flatnonzero(z)
+        w[:, seen] += step_size * np.outer(delta, z[seen])
         err_sum += float(delta @ delta) / input_size
         if terminal:
             z[:] = 0.0
