@@ -39,6 +39,13 @@ def measure(env: str, arch: str, regime: str, agents: int, learning_frames: int,
     return agents * cfg.frames / (time.perf_counter() - start)
 
 
+def pan_ms_per_frame(env: str, frames: int = 5_000) -> float:
+    cfg = sd.Config(env=env, arch="predictive", pan_frames=frames)
+    start = time.perf_counter()
+    sd.predictive_mask(cfg, seed=10_000)  # a seed no population here uses: not in the cache
+    return (time.perf_counter() - start) / frames * 1e3
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="where to write the results")
@@ -56,6 +63,9 @@ def main():
            "torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device,
            "gpu": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else None,
            "kernels": sd.kernel_backend() if args.device == "cpu" else "torch", "results": {}}
+    if "predictive" in args.archs:  # PAN trains before the first frame: timed apart, per PAN frame
+        out["pan_ms_per_frame"] = {env: pan_ms_per_frame(env) for env in args.envs}
+        print(f"PAN, ms per frame of its data: {out['pan_ms_per_frame']}", flush=True)
     for env in args.envs:
         for arch, regime in CASES:
             if arch not in args.archs or regime not in args.regimes:
