@@ -693,6 +693,12 @@ def run_name(cfg: Config, seed: int) -> str:
 # ----------------------------------------------------------------------------------------------
 # The sparse Q-network, batched over a population: leading dimension N is the agent.
 # ----------------------------------------------------------------------------------------------
+# How sparse_kernels.cpp is compiled. -fopenmp: ATen's parallel_for splits work over threads only
+# where OpenMP is on. -fno-math-errno: lets the compiler vectorise sqrt. -march=native: the widest
+# vectors this processor has.
+KERNEL_FLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-march=native"]
+
+
 @functools.lru_cache(maxsize=None)
 def _kernels():
     """The C++ CPU kernels (sparse_kernels.cpp), compiled on first use and cached by torch; None,
@@ -705,14 +711,11 @@ def _kernels():
 
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
         source = Path(__file__).with_name("sparse_kernels.cpp")
-        # -fopenmp: ATen's parallel_for splits work over threads only where OpenMP is on.
-        # -fno-math-errno: lets the compiler vectorise sqrt. -march=native: the widest vectors
-        # this processor has. The build is named after the processor's features and the source,
-        # so machines that share a home directory (a cluster's nodes) each build their own, and
-        # two checkouts of different versions never load each other's kernels.
-        flags = ["-O3", "-fopenmp", "-fno-math-errno", "-march=native"]
+        # The build is named after the processor's features and the source, so machines that
+        # share a home directory (a cluster's nodes) each build their own, and two checkouts of
+        # different versions never load each other's kernels.
         digest = hashlib.sha256(source.read_bytes()).hexdigest()[:10]
-        return load(f"sparse_dqn_kernels_{_cpu_id()}_{digest}", [str(source)], extra_cflags=flags,
+        return load(f"sparse_dqn_kernels_{_cpu_id()}_{digest}", [str(source)], extra_cflags=KERNEL_FLAGS,
                     extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as err:  # no compiler, no headers, a failed build: the torch path still works
         warnings.warn(f"C++ kernels unavailable, using the pure-torch path ({type(err).__name__}: "

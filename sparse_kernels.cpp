@@ -139,7 +139,7 @@ torch::Tensor sparse_grad_weight(torch::Tensor grad, torch::Tensor xt, torch::Te
   const int64_t parts = std::min(parts_per_agent(N), D);
   at::parallel_for(0, N * parts, 1, [&](int64_t begin, int64_t end) {
     FlushDenormals flush;
-    std::vector<float> by_sample(B * padded, 0.f), sums(padded), always_on_sums(padded);  // padding stays 0
+    std::vector<float> by_sample, sums(padded), always_on_sums(padded);
     std::vector<int32_t> lanes(B);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / parts, part = item % parts;
@@ -167,6 +167,7 @@ torch::Tensor sparse_grad_weight(torch::Tensor grad, torch::Tensor xt, torch::Te
         float* s = always_on ? always_on_sums.data() : sums.data();
         if (!(always_on && always_on_summed)) {
           if (!laid_out) {  // this agent's gradient as (B, units), on first need
+            if (by_sample.empty()) by_sample.assign(B * padded, 0.f);  // padding stays 0
             for (int64_t j = 0; j < U; ++j)
               for (int64_t b = 0; b < B; ++b) by_sample[b * padded + j] = g[j * B + b];
             laid_out = true;

@@ -20,13 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import sparse_dqn as sd  # noqa: E402
 
-FLAGS = ["-O3", "-fopenmp", "-fno-math-errno", "-march=native"]  # as sparse_dqn builds them
-
-
 def build(name: str, source: str):
     path = Path(tempfile.mkdtemp()) / f"{name}.cpp"
     path.write_text(source)
-    return load(name, [str(path)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"])
+    return load(name, [str(path)], extra_cflags=sd.KERNEL_FLAGS, extra_ldflags=["-fopenmp"])
 
 
 def observations(cfg: sd.Config, agents: int, frames: int = 600) -> torch.Tensor:

@@ -28,7 +28,6 @@ def test_sparse_linear_equals_dense_masked_matmul_in_values_and_gradients():
     torch.testing.assert_close(x.grad, x2.grad)
 
 
-
 def test_the_cpp_sparse_layer_equals_a_dense_masked_layer_in_values_and_gradients(cpp_kernels):
     """Every path of the C++ kernels: inputs off in the whole batch, on in a few samples, in many,
     in every sample, and real-valued; a unit count that is not a multiple of the vector block."""
@@ -55,6 +54,7 @@ def test_the_cpp_sparse_layer_equals_a_dense_masked_layer_in_values_and_gradient
     ref.backward(g)
     for mine, theirs in ((w, w2), (bias, bias2), (xs, x2)):
         torch.testing.assert_close(mine.grad, theirs.grad)
+
 
 def test_q_values_shapes_for_every_architecture():
     for env in sd.CHANNELS:
