@@ -1268,7 +1268,10 @@ def _provenance(cfg: Config, agents: int) -> dict:
     return {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "machine": platform.node(),
             "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
             "kernels": kernel_backend() if cfg.device == "cpu" else "torch", "device": cfg.device,
-            "population": agents}
+            "population": agents,
+            # work split over threads may add up in another order: the same run on another thread
+            # count can differ in the last bits
+            "threads": torch.get_num_threads()}
 
 
 # Frames per block of the training loop: draws are made, and episode ends collected, per block.
