@@ -1,15 +1,40 @@
 #!/usr/bin/env bash
-# One prepared check for a lent GPU (under 8 minutes): the tests that apply, CPU-vs-GPU game
-# trajectories, and throughput at 64, 256 and 1,024 agents. Writes its figures to $OUT (or
-# benchmarks/) as gpu_throughput.json. Nothing in the test suite depends on a GPU.
+# One prepared check for a lent GPU (at most about 8 minutes): throughput of spatial agents at 64,
+# 256 and 1,024 agents, CPU-vs-GPU game trajectories, a profile of one 1,024-agent frame, and the
+# game tests (batched games against minatar) under that machine's torch. Each step has its own time
+# limit, a failing step does not stop the next, and the script exits 1 if any failed. Figures go
+# to $OUT (or benchmarks/): gpu_throughput.json, gpu_throughput_all.json, gpu_profile.txt and
+# gpu_check.log. Nothing in the test suite depends on a GPU.
 #   bash benchmarks/gpu_check.sh
-set -euo pipefail
+# A lent machine that cannot reach PyPI takes MinAtar from wheels in .whl/ (see the README).
+set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-benchmarks}"
-python3 -m pip install -q -r requirements.txt 2>/dev/null || true
 export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total --format=csv
-timeout 150 python3 -m pytest -q -x tests/test_games.py tests/test_network.py tests/test_masks.py
-timeout 60 python3 benchmarks/gpu_trajectories.py
-timeout 240 python3 benchmarks/throughput.py --device cuda --populations 64 256 1024 --archs spatial \
-    --agent-steps 200000 --json "$out/gpu_throughput.json"
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+else
+    python3 -m pip install -q -r requirements.txt
+fi
+failed=0
+step() {  # step SECONDS COMMAND...: run with a limit, log it, remember a failure
+    local limit=$1; shift
+    echo "== $* (limit ${limit} s)"
+    local start=$SECONDS
+    timeout "$limit" "$@" || { echo "== FAILED ($?): $*"; failed=1; }
+    echo "== $((SECONDS - start)) s"
+}
+{
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+    python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+    step 150 python3 benchmarks/throughput.py --device cuda --envs breakout --archs spatial --regimes learned \
+        --populations 1024 256 64 --agent-steps 200000 --json "$out/gpu_throughput.json"
+    step 75 python3 benchmarks/gpu_trajectories.py
+    step 40 python3 benchmarks/profile_frame.py --device cuda --agents 1024 --frames 60 --out "$out/gpu_profile.txt"
+    step 150 python3 benchmarks/throughput.py --device cuda --envs space_invaders breakout --archs spatial \
+        --populations 1024 256 --agent-steps 200000 --json "$out/gpu_throughput_all.json"
+    step 80 python3 -m pytest -q -x -p no:cacheprovider tests/test_games.py
+    echo "== failed steps: $failed"
+    exit "$failed"
+} 2>&1 | tee "$out/gpu_check.log"
+exit "${PIPESTATUS[0]}"

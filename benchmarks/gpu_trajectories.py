@@ -15,7 +15,7 @@ def play(env: str, device: str, agents: int, frames: int):
     keys = sd.agent_keys(range(agents), device)
     game = sd.make_games(cfg, agents)
     game.reset(torch.ones(agents, dtype=torch.bool, device=device),
-               sd.uniform(keys, "reset", torch.zeros(1, dtype=torch.long, device=device))[:, 0])
+               sd.uniform(keys, "reset", torch.zeros(1, dtype=torch.long, device=device)))
     steps = torch.arange(frames, device=device).view(1, -1)
     actions = (sd.uniform(keys, "action", steps) * sd.NUM_ACTIONS).long()
     sticky, reset = sd.uniform(keys, "sticky", steps), sd.uniform(keys, "reset", steps + 1)
