@@ -10,13 +10,14 @@ def dense_masked(x, weight, index, inputs):
     return torch.einsum("nbd,nud->nub", x, dense)
 
 
-def test_sparse_linear_equals_dense_masked_matmul_in_values_and_gradients():
+@pytest.mark.parametrize("masked_dense", [False, True], ids=["gather", "masked-dense (the GPU's)"])
+def test_sparse_linear_equals_dense_masked_matmul_in_values_and_gradients(masked_dense):
     torch.manual_seed(0)
     n, b, d, u, k = 3, 5, 40, 12, 7
     x = torch.randn(n, b, d, dtype=torch.float64, requires_grad=True)
     w = torch.randn(n, u, k, dtype=torch.float64, requires_grad=True)
     index = torch.stack([torch.stack([torch.randperm(d)[:k] for _ in range(u)]) for _ in range(n)])
-    out = sd.sparse_linear(x, w, index)
+    out = sd.sparse_linear(x, w, sd.sparse_plan(index, d, masked_dense=masked_dense))
     x2 = x.detach().clone().requires_grad_(True)
     w2 = w.detach().clone().requires_grad_(True)
     ref = dense_masked(x2, w2, index, d)
