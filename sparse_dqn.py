@@ -933,7 +933,8 @@ def q_values(params: dict[str, torch.Tensor], x: torch.Tensor, plan: SparsePlan 
     else:  # a fully connected layer (dense, learned L1): one matmul beats any gather
         hidden = F.relu(torch.baddbmm(params["hidden_b"].unsqueeze(1), x, params["hidden_w"].transpose(1, 2)))
     # (N, B, units) @ (N, units, A): of the bmm layouts, the one whose per-agent results do not
-    # depend on N, in values and gradients, so that populations match runs alone bit for bit.
+    # depend on N, in values and gradients, so that populations match runs alone bit for bit (on
+    # one thread: with more, MKL may split a small population's sums across threads).
     return torch.baddbmm(params["head_b"].unsqueeze(1), hidden, params["head_w"].transpose(1, 2))
 
 

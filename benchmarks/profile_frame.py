@@ -31,7 +31,7 @@ def main():
 
     cuda = args.device.startswith("cuda")
     cfg = sd.Config(env=args.env, arch=args.arch, regime=args.regime, learning_starts=40,
-                    replay_size=10_000, frames=40 + args.frames, device=args.device)
+                    replay_size=10_000, pan_frames=5_000, frames=40 + args.frames, device=args.device)
     seeds = list(range(args.agents))
     sd.train(cfg, seeds, progress=False)  # warm-up: allocator, kernel builds, first touch
     activities = [ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda

@@ -141,3 +141,22 @@ def test_the_replays_cpp_pack_and_sample_equal_its_torch_ops_and_numpys_packbits
     agents, idx = torch.tensor([2, 0]), torch.randint(0, 50, (2, 32), generator=rng)
     for mine, theirs in zip(native.sample(agents, idx), plain.sample(agents, idx)):
         assert mine.dtype == theirs.dtype and torch.equal(mine, theirs)
+
+
+@pytest.mark.parametrize("arch", ["spatial", "l1"])
+def test_a_full_size_population_equals_its_members_alone_on_one_thread(arch):
+    """The study's sweeps train populations of 8 agents of 1,200 units on one thread each: their
+    runs must be the runs a user gets for one seed alone. (On two threads the head's matmul made
+    them differ in the last bits.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = sd.Config(env="breakout", arch=arch, regime="learned", frames=400, learning_starts=100,
+                        target_update=100, replay_size=1_000)
+        together = sd.train(cfg, [0, 1, 2, 3], progress=False)[0]
+        alone = sd.train(cfg, [0], progress=False)[0]
+    finally:
+        torch.set_num_threads(threads)
+    assert together.episode_returns == alone.episode_returns
+    for name in alone.params:
+        assert torch.equal(together.params[name], alone.params[name]), name
