@@ -251,6 +251,7 @@ void centred_rmsprop_step(torch::Tensor param, torch::Tensor grad, torch::Tensor
                           torch::Tensor grad_avg, double lr, double alpha, double eps,
                           c10::optional<torch::Tensor> l1) {
   const int64_t size = param.numel();
+  param.unsafeGetTensorImpl()->bump_version();  // an in-place change, as torch's own ops record it
   float* p = param.data_ptr<float>();
   const float* g = grad.data_ptr<float>();
   float* sq = square_avg.data_ptr<float>();

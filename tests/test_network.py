@@ -123,3 +123,34 @@ def test_dense_layers_take_the_matmul_path_and_agree_with_the_gather_path():
     group = sd._Group([0], [cfg], [sd.init_params(cfg, 0, mask)], torch.device("cpu"))
     assert "index" not in group.params
     torch.testing.assert_close(sd.q_values(group.params, x), gathered)
+
+
+def test_the_masked_dense_layer_follows_in_place_changes_of_its_weights(monkeypatch):
+    """The masked-dense layer keeps each weight tensor's dense copy until the tensor changes: an
+    update by torch's ops or by the C++ optimiser, or a copy into it (a target sync), must show
+    in the next forward pass."""
+    torch.manual_seed(3)
+    n, b, d, u, k = 2, 4, 30, 10, 5
+    x = torch.randn(n, b, d)
+    index = torch.stack([torch.stack([torch.randperm(d)[:k] for _ in range(u)]) for _ in range(n)])
+    plan = sd.sparse_plan(index, d, masked_dense=True)
+    w = torch.randn(n, u, k, requires_grad=True)
+
+    def check():
+        torch.testing.assert_close(sd.sparse_linear(x, w, plan), dense_masked(x, w.detach(), index, d))
+
+    check()
+    with torch.no_grad():
+        w.mul_(2.0)
+    check()
+    with torch.no_grad():
+        w.copy_(torch.randn(n, u, k))
+    check()
+    optimiser = sd.CentredRMSprop([w], lr=0.1, alpha=0.9, eps=1e-2)  # C++ on the CPU where built
+    sd.sparse_linear(x, w, plan).sum().backward()
+    optimiser.step()
+    check()
+    other = torch.randn(n, u, k)  # a new tensor, whatever address it reuses, is not the old one
+    del w
+    w = other
+    check()
