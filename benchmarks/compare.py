@@ -75,8 +75,7 @@ def main():
     for env, arch, regime in (c.split("/") for c in args.cases):
         for n in args.populations:
             frames = max(400, args.agent_steps // n)
-            # old, new, new, old, ...: the engine measured second in a process ran about 14%
-            # slower here even when both were the same code; the best of each cancels that
+            # old, new, new, old, ...: drift over the run (other work, heat) falls on both alike
             rates = {old: [], new: []}
             for i in range(args.repeats):
                 for sd in (old, new) if i % 2 == 0 else (new, old):

@@ -10,13 +10,18 @@ def dense_masked(x, weight, index, inputs):
     return torch.einsum("nbd,nud->nub", x, dense)
 
 
+def random_masks(n, u, k, d):
+    """(n, u, k): each unit of each agent sees k distinct inputs of d, drawn at random."""
+    return torch.stack([torch.stack([torch.randperm(d)[:k] for _ in range(u)]) for _ in range(n)])
+
+
 @pytest.mark.parametrize("masked_dense", [False, True], ids=["gather", "masked-dense (the GPU's)"])
 def test_sparse_linear_equals_dense_masked_matmul_in_values_and_gradients(masked_dense):
     torch.manual_seed(0)
     n, b, d, u, k = 3, 5, 40, 12, 7
     x = torch.randn(n, b, d, dtype=torch.float64, requires_grad=True)
     w = torch.randn(n, u, k, dtype=torch.float64, requires_grad=True)
-    index = torch.stack([torch.stack([torch.randperm(d)[:k] for _ in range(u)]) for _ in range(n)])
+    index = random_masks(n, u, k, d)
     out = sd.sparse_linear(x, w, sd.sparse_plan(index, d, masked_dense=masked_dense))
     x2 = x.detach().clone().requires_grad_(True)
     w2 = w.detach().clone().requires_grad_(True)
@@ -40,7 +45,7 @@ def test_the_cpp_sparse_layer_equals_a_dense_masked_layer_in_values_and_gradient
     x[:, :, 10:15] = 0.0
     x[:, :3, 10:15] = 1.0  # on in a few samples
     x[:, :, 15:20] *= torch.randn(n, b, 5)  # real-valued
-    index = torch.stack([torch.stack([torch.randperm(d)[:k] for _ in range(u)]) for _ in range(n)])
+    index = random_masks(n, u, k, d)
     w = torch.randn(n, u, k, requires_grad=True)
     bias = torch.randn(n, u, requires_grad=True)
     xs = x.clone().requires_grad_(True)
@@ -125,14 +130,14 @@ def test_dense_layers_take_the_matmul_path_and_agree_with_the_gather_path():
     torch.testing.assert_close(sd.q_values(group.params, x), gathered)
 
 
-def test_the_masked_dense_layer_follows_in_place_changes_of_its_weights(monkeypatch):
+def test_the_masked_dense_layer_follows_in_place_changes_of_its_weights():
     """The masked-dense layer keeps each weight tensor's dense copy until the tensor changes: an
     update by torch's ops or by the C++ optimiser, or a copy into it (a target sync), must show
     in the next forward pass."""
     torch.manual_seed(3)
     n, b, d, u, k = 2, 4, 30, 10, 5
     x = torch.randn(n, b, d)
-    index = torch.stack([torch.stack([torch.randperm(d)[:k] for _ in range(u)]) for _ in range(n)])
+    index = random_masks(n, u, k, d)
     plan = sd.sparse_plan(index, d, masked_dense=True)
     w = torch.randn(n, u, k, requires_grad=True)
 
