@@ -45,6 +45,11 @@ def timed(fn, *args, calls=100) -> float:
     return (time.perf_counter() - start) / calls * 1e3
 
 
+def relu_grad(mod):
+    """The gradient through the ReLU as a version computes it: its kernel, or torch's gt and where."""
+    return getattr(mod, "relu_grad", lambda out, grad_out: torch.where(out > 0, grad_out, 0.0).contiguous())
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline-rev", required=True, help="git revision whose sparse_kernels.cpp to compare")
@@ -71,19 +76,22 @@ def main():
         times = {}
         for _ in range(5):
             x = obs[:, torch.randint(0, obs.shape[1], (32,))].transpose(1, 2).contiguous()
-            grad = torch.randn(n, units, 32)
-            grad = torch.where(mods["new"].sparse_forward(x, w, b, *inverse) > 0, grad, 0.0)  # through the ReLU
+            out_ = mods["new"].sparse_forward(x, w, b, *inverse)
+            grad_out = torch.randn(n, 32, units).transpose(1, 2)  # as the head's backward hands it over
+            grad = torch.where(out_ > 0, grad_out, 0.0).contiguous()  # through the ReLU
             results = {}
             for name, mod in mods.items():
                 times.setdefault(f"forward/{name}", []).append(timed(mod.sparse_forward, x, w, b, *inverse))
                 times.setdefault(f"grad_weight/{name}", []).append(
                     timed(mod.sparse_grad_weight, grad, x, *inverse, units * k))
-                results[name] = (mod.sparse_forward(x, w, b, *inverse), mod.sparse_grad_weight(grad, x, *inverse, units * k))
+                times.setdefault(f"relu_grad/{name}", []).append(timed(relu_grad(mod), out_, grad_out))
+                results[name] = (mod.sparse_forward(x, w, b, *inverse), mod.sparse_grad_weight(grad, x, *inverse, units * k),
+                                 relu_grad(mod)(out_, grad_out))
             for old, new in zip(results["old"], results["new"]):
                 assert torch.equal(old.view(torch.int32), new.view(torch.int32)), f"{case}: the kernels differ"
         best = {key: min(v) for key, v in times.items()}
         out["results"][case] = best
-        for kernel in ("forward", "grad_weight"):
+        for kernel in ("forward", "grad_weight", "relu_grad"):
             o, nw = best[f"{kernel}/old"], best[f"{kernel}/new"]
             print(f"{case:28s} {kernel:11s} old {o:7.3f} ms  new {nw:7.3f} ms  {o / nw:5.2f}x", flush=True)
         if args.json:

@@ -62,6 +62,20 @@ def test_the_cpp_sparse_layer_equals_a_dense_masked_layer_in_values_and_gradient
         torch.testing.assert_close(mine.grad, theirs.grad)
 
 
+def test_the_cpp_relu_gradient_is_torchs_bit_for_bit_in_either_layout(cpp_kernels):
+    """The backward pass gets the head's gradient transposed (the kernel reads it in tiles) or, from
+    a caller of its own, contiguous; both must give torch.where(out > 0, grad_out, 0.0) exactly,
+    for a unit count that is not a multiple of the tile and with zeros, negative zeros and NaN."""
+    torch.manual_seed(2)
+    out = torch.relu(torch.randn(3, 37, 32))
+    out[0, :5] = 0.0
+    for grad_out in (torch.randn(3, 32, 37).transpose(1, 2), torch.randn(3, 37, 32)):
+        grad_out[1, 2, :4] = torch.tensor([-0.0, float("nan"), 0.0, -0.0])
+        mine = sd._kernels().relu_grad(out, grad_out)
+        assert mine.is_contiguous()
+        assert torch.equal(mine.view(torch.int32), torch.where(out > 0, grad_out, 0.0).view(torch.int32))
+
+
 def test_q_values_shapes_for_every_architecture():
     for env in sd.CHANNELS:
         for arch in ["dense", "spatial", "minatar_cnn"]:
