@@ -952,6 +952,34 @@ def init_params(cfg: Config, seed: int, mask: torch.Tensor | None) -> dict[str, 
 HIDDEN_PARAMS = {"conv_w", "conv_b", "fc_w", "fc_b", "hidden_w", "hidden_b"}
 
 
+class _BatchedLinear(torch.autograd.Function):
+    """torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2)), with the weight gradient made
+    in the weight's own (N, out, in) layout. Autograd makes it as (N, in, out) and transposes it,
+    and AccumulateGrad then copies the transpose into the weight's layout: for the dense layers of
+    10 L1 agents that copy took 16 of about 55 ms per learning frame (torch.profiler, Breakout,
+    one thread). For x laid out (N, B, in), as the dense layers get it, the two products round
+    alike (tests/test_network.py); for the head, whose input comes units-major from the sparse
+    layer, they do not, so the head keeps autograd's."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
+        grad_w = torch.bmm(grad.transpose(1, 2), x) if ctx.needs_input_grad[1] else None
+        grad_b = grad.sum(1) if ctx.needs_input_grad[2] else None
+        return grad_x, grad_w, grad_b
+
+
+def batched_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """Each agent's x (N, B, in) @ weight (N, out, in).T + bias (N, out) -> (N, B, out)."""
+    return _BatchedLinear.apply(x, weight, bias)
+
+
 def q_values(params: dict[str, torch.Tensor], x: torch.Tensor, plan: SparsePlan | None = None) -> torch.Tensor:
     """Q-values (N, B, actions) of a population's networks on observations x (N, B, inputs);
     plan, when given, is sparse_plan(params["index"], inputs), saved from an earlier call."""
@@ -961,12 +989,12 @@ def q_values(params: dict[str, torch.Tensor], x: torch.Tensor, plan: SparsePlan 
         grouped = x.view(n, b, channels, GRID, GRID).transpose(0, 1).reshape(b, n * channels, GRID, GRID)
         conv = F.conv2d(grouped, params["conv_w"].flatten(0, 1), params["conv_b"].flatten(), groups=n)
         feats = F.relu(conv).view(b, n, -1).transpose(0, 1)  # (N, B, 1024)
-        hidden = F.relu(torch.baddbmm(params["fc_b"].unsqueeze(1), feats, params["fc_w"].transpose(1, 2)))
+        hidden = F.relu(batched_linear(feats, params["fc_w"], params["fc_b"]))
     elif "index" in params:
         hidden = sparse_relu_layer(x, params["hidden_w"], params["hidden_b"],
                                    plan or params["index"]).transpose(1, 2)  # (N, B, units)
     else:  # a fully connected layer (dense, learned L1): one matmul beats any gather
-        hidden = F.relu(torch.baddbmm(params["hidden_b"].unsqueeze(1), x, params["hidden_w"].transpose(1, 2)))
+        hidden = F.relu(batched_linear(x, params["hidden_w"], params["hidden_b"]))
     # (N, B, units) @ (N, units, A): of the bmm layouts, the one whose per-agent results do not
     # depend on N, in values and gradients, so that populations match runs alone bit for bit (on
     # one thread: with more, MKL may split a small population's sums across threads).

@@ -76,6 +76,29 @@ def test_the_cpp_relu_gradient_is_torchs_bit_for_bit_in_either_layout(cpp_kernel
         assert torch.equal(mine.view(torch.int32), torch.where(out > 0, grad_out, 0.0).view(torch.int32))
 
 
+@pytest.mark.parametrize("layer", ["dense breakout", "dense space_invaders", "cnn fc"])
+def test_batched_linear_is_autograds_baddbmm_bit_for_bit_with_the_weight_gradient_in_its_layout(layer):
+    """The dense layers (dense and L1 agents' hidden layer on 0/1 observations, the CNN's fully
+    connected layer on its batch-major features) at the study's shapes: values and every gradient
+    as autograd's baddbmm gives them, and a weight gradient the optimiser can take without a copy."""
+    torch.manual_seed(3)
+    n = 5
+    if layer == "cnn fc":
+        out, x = 128, torch.relu(torch.randn(32, n, 1024)).transpose(0, 1)
+    else:
+        out, x = 1200, (torch.rand(n, 32, sd.Config(env=layer.split()[1]).input_size) < 0.1).float()
+    w, b = torch.randn(n, out, x.shape[2]) * 0.05, torch.randn(n, out) * 0.05
+    upstream = torch.randn(n, 32, out)
+    results = []
+    for layer_fn in (lambda x, w, b: torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2)), sd.batched_linear):
+        xs, ws, bs = (t.clone().requires_grad_(True) for t in (x, w, b))
+        y = torch.relu(layer_fn(xs, ws, bs))
+        results.append((y.detach(), *torch.autograd.grad((y * upstream).sum(), (xs, ws, bs))))
+    for theirs, mine in zip(*results):
+        assert torch.equal(mine.contiguous().view(torch.int32), theirs.contiguous().view(torch.int32))
+    assert not results[0][2].is_contiguous() and results[1][2].is_contiguous()
+
+
 def test_q_values_shapes_for_every_architecture():
     for env in sd.CHANNELS:
         for arch in ["dense", "spatial", "minatar_cnn"]:

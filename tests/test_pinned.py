@@ -12,8 +12,8 @@ import pytest
 import sparse_dqn as sd
 
 PINNED = {
-    (2, "cpp"): "5bd20b154c359270",
-    (2, "torch"): "75efee0566bcfce2",
+    (2, "cpp"): "9680b9afc2107dbe",
+    (2, "torch"): "5a652da6e8fbd7b7",
 }
 
 SCRIPT = """
@@ -24,9 +24,12 @@ tiny = dict(frames=900, learning_starts=300, replay_size=1_000, target_update=10
 configs = [sd.Config(arch="spatial", **tiny), sd.Config(arch="predictive", regime="frozen", **tiny)]
 runs = sd.train(configs, [0, 1], progress=False)
 runs += sd.train(sd.Config(env="space_invaders", arch="random", **tiny), [0], progress=False)
+for env in ("breakout", "space_invaders"):  # the matmul layers: dense, L1 (with its penalty) and the CNN
+    runs += sd.train([sd.Config(env=env, arch="dense", **tiny), sd.Config(env=env, arch="l1", l1_coef=1e-3, **tiny),
+                      sd.Config(env=env, arch="minatar_cnn", **tiny)], [0], progress=False)
 h = hashlib.sha256()
 for run in runs:
-    h.update(json.dumps([run.episode_frames, run.episode_returns]).encode())
+    h.update(json.dumps([run.episode_frames, run.episode_returns, run.sparsity]).encode())
     for name in sorted(run.params):
         h.update(run.params[name].numpy().tobytes())
 print(sd.kernel_backend(), h.hexdigest()[:16])
