@@ -37,7 +37,9 @@ print(sd.kernel_backend(), h.hexdigest()[:16])
 
 
 def digest(backend: str) -> tuple[str, str]:
-    env = dict(os.environ, SPARSE_DQN_KERNELS=backend)
+    # One thread, as the study's sweeps run: on more, MKL splits the dense layers' sums over
+    # threads and their last bits depend on how many there are (book/reproducing.md).
+    env = dict(os.environ, SPARSE_DQN_KERNELS=backend, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env,
                           cwd=Path(sd.__file__).parent, check=True)
     used, value = proc.stdout.split()
