@@ -1289,6 +1289,7 @@ def train_population(agents: Sequence[tuple[Config, int]], progress: bool | Call
     if report is not None:
         report(n * first_frame)
     frame = first_frame
+    _STOP.armed = checkpoint is not None
     while frame < cfg0.frames:
         # One block of frames: its draws come in bulk, its episode ends reach the host at its end.
         block = min(FRAME_BLOCK, cfg0.frames - frame, _next_stop(cfg0, frame) - frame)
@@ -1338,18 +1339,25 @@ def train_population(agents: Sequence[tuple[Config, int]], progress: bool | Call
             for g, j, i in l1_agents:
                 w = g.params["hidden_w"][j].detach()
                 sparsity[i].append((frame, float((w.abs() < cfg0.sparsity_threshold).float().mean())))
-        if checkpoint is not None and frame % cfg0.checkpoint_every == 0 and frame < cfg0.frames:
+        stopping = bool(_STOP.requested) and checkpoint is not None and frame < cfg0.frames
+        if checkpoint is not None and (frame % cfg0.checkpoint_every == 0 or stopping) and frame < cfg0.frames:
             _save_checkpoint(checkpoint, {
                 "frame": frame, "updates": updates, "episodes": episodes, "sparsity": sparsity,
                 "resumed_at": resumed_at, "wall": time.perf_counter() - start,
                 "episode_return": episode_return, "game": game.state_dict(),
                 "replay": replay.state_dict(), "groups": [g.state_dict() for g in groups]})
+        if stopping:
+            if bar is not None:
+                bar.close()
+            raise Stopped(f"stopped at frame {frame:,} of {cfg0.frames:,}, checkpoint saved in {checkpoint}; "
+                          "the same command resumes from there")
         if report is not None:
             report(n * block)
         if bar is not None:
             recent = [np.mean(e[1][-100:]) for e in episodes if e[1]]
             bar.update(frame - bar.n)
             bar.set_postfix(ret=f"{np.mean(recent):.2f}" if recent else "-", refresh=False)
+    _STOP.armed = False
     if bar is not None:
         bar.close()
 
@@ -1400,6 +1408,49 @@ def _save_checkpoint(path: Path, state: dict):
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+class Stopped(Exception):
+    """A population stopped on request (see stop_on_signal) after saving its checkpoint."""
+
+
+@dataclass
+class _StopRequest:
+    requested: int = 0  # the signal that asked for a stop, 0 while none has
+    armed: bool = False  # a population with a checkpoint file is in its frame loop
+
+
+_STOP = _StopRequest()
+
+
+@contextlib.contextmanager
+def stop_on_signal():
+    """While held (the command line holds it), a first SIGINT or SIGTERM asks the running
+    population to save its checkpoint at the end of its block of frames (at most FRAME_BLOCK
+    frames away) and raise Stopped, so that stopping a sweep loses no computed frame. A second
+    signal, or one while no checkpoint could be saved, takes its usual effect at once."""
+    import signal
+
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum, _frame):
+        if _STOP.requested or not _STOP.armed:
+            signal.signal(signum, before[signum])
+            signal.raise_signal(signum)
+            return
+        _STOP.requested = signum
+        print(f"\n{signal.Signals(signum).name}: stopping once this block of frames is checkpointed "
+              "(send it again to stop at once and lose the frames since the last checkpoint)",
+              file=sys.stderr, flush=True)
+
+    for signum in before:
+        signal.signal(signum, handler)
+    try:
+        yield _STOP
+    finally:
+        for signum, old in before.items():
+            signal.signal(signum, old)
+        _STOP.requested, _STOP.armed = 0, False
 
 
 def _progress(frames: int, agents: int, enabled: bool, initial: int = 0):
@@ -1778,13 +1829,16 @@ def sweep(profile: str, envs: Sequence[str], results_dir: str | Path, max_agents
     bar = tqdm(total=sum(c.frames for c, _ in runs), initial=sum(c.frames for c, _ in runs) - steps,
                unit="agent-frame", unit_scale=True, desc=f"sweep {profile}", file=sys.stderr,
                mininterval=5.0, disable=not progress)
-    for pop in populations:
-        with claimed(results_dir, pop) as holder:
-            if holder:
-                tqdm.write(f"skipped a population of {len(pop)} that another worker trains ({holder})", file=sys.stderr)
-                continue
-            train_runs(pop, results_dir, progress=bar.update)
-    bar.close()
+    try:
+        for pop in populations:
+            with claimed(results_dir, pop) as holder:
+                if holder:
+                    tqdm.write(f"skipped a population of {len(pop)} that another worker trains ({holder})",
+                               file=sys.stderr)
+                    continue
+                train_runs(pop, results_dir, progress=bar.update)
+    finally:
+        bar.close()
     return populations
 
 
@@ -1885,8 +1939,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         pre.error(str(err))
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "sweep":
-        return _sweep_command(parser, args)
+    with stop_on_signal() as stop:
+        try:
+            return _sweep_command(parser, args) if args.command == "sweep" else _train_command(parser, args)
+        except Stopped as err:
+            print(err, file=sys.stderr)
+            return 128 + stop.requested
+
+
+def _train_command(parser, args) -> int:
     fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config)}
     try:
         cfg = Config(**fields)

@@ -1,5 +1,6 @@
 """The result store and checkpoints: computed work survives kills, edits and corrupt files."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -43,6 +44,38 @@ def test_a_killed_run_resumes_from_its_checkpoint_and_ends_bit_identical(tmp_pat
             assert torch.equal(a.params[name], b.params[name]), name
     assert not list(checkpoints.glob("*.pt"))  # done: the checkpoint and any half-written one are gone
     assert len(list(tmp_path.glob("*/seed_*.json"))) == 4
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_the_command_at_its_next_block_with_a_checkpoint_and_the_same_command_resumes(tmp_path, signum):
+    """Ctrl-C, or a kill of a background sweep, loses no computed frame: with no checkpoint due
+    before the end (checkpoint_every beyond frames), the stop itself saves one."""
+    stop_late = dict(SMALL, checkpoint_every=100_000)
+    flags = [a for name, value in stop_late.items() for a in ("--" + name.replace("_", "-"), str(value))]
+    command = [sys.executable, "sparse_dqn.py", "train", "--arch", "spatial", *flags, "--seeds", "0", "1",
+               "--out", str(tmp_path)]
+    proc = subprocess.Popen(command, cwd=Path(sd.__file__).parent, stderr=subprocess.PIPE)
+    seen = b""
+    while b"%|" not in seen:  # the progress bar: the frame loop has started
+        chunk = os.read(proc.stderr.fileno(), 4096)
+        assert chunk, f"the run ended before its frame loop: {seen.decode()[-2000:]}"
+        seen += chunk
+    proc.send_signal(signum)
+    rest = proc.stderr.read().decode()
+    assert proc.wait() == 128 + signum, rest
+    last = rest.strip().splitlines()[-1]
+    assert last.startswith("stopped at frame ") and "the same command resumes" in last, rest
+    assert not list(tmp_path.glob("*/seed_*.json"))  # nothing half-written
+    saved = torch.load(next((tmp_path / ".checkpoints").glob("[!.]*.pt")), weights_only=False)["frame"]
+    assert 0 < saved < SMALL["frames"] and saved % sd.FRAME_BLOCK == 0
+
+    subprocess.run(command + ["--no-progress"], cwd=Path(sd.__file__).parent, check=True, capture_output=True)
+    cfg = sd.Config(arch="spatial", **stop_late)
+    whole = sd.train(cfg, [0, 1], progress=False)
+    for b in whole:
+        a = sd.load_run(tmp_path, cfg, b.seed)
+        assert a.resumed_at == [saved]
+        assert (a.episode_frames, a.episode_returns) == (b.episode_frames, b.episode_returns)
 
 
 def test_a_corrupt_stored_run_is_reported_set_aside_and_recomputed(tmp_path):
