@@ -773,6 +773,7 @@ class SparsePlan:
     pattern: torch.Tensor | None  # sparse CSR (N * units, N * inputs): where the weight gradient lives
     inputs: int
     inverse: tuple | None = None  # for the C++ kernels: per agent, the mask read by input
+    by_unit: tuple | None = None  # for the C++ forward: each unit's inputs sorted, and their weights
     index: torch.Tensor | None = None  # (N, units, k), for the masked-dense layout alone
     dense: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)  # see _scatter_dense
 
@@ -788,6 +789,15 @@ def _inverse(index: torch.Tensor, inputs: int) -> tuple:
     return tuple(t.to(torch.int32).contiguous() for t in (ptr, by_input, by_input // k))
 
 
+def _by_unit(index: torch.Tensor) -> tuple:
+    """(inputs (N, units * k), flat (N, units * k)) as int32: each unit's inputs in ascending order
+    (ties in mask order) and the positions of their weights in the agent's (units * k) row."""
+    n, u, k = index.shape
+    inputs, order = torch.sort(index, dim=2, stable=True)
+    flat = order + torch.arange(u).view(1, u, 1) * k
+    return tuple(t.reshape(n, u * k).to(torch.int32).contiguous() for t in (inputs, flat))
+
+
 def sparse_plan(index: torch.Tensor, inputs: int, masked_dense: bool | None = None) -> SparsePlan:
     """Plan for masks index (N, units, k) over `inputs` inputs per agent. masked_dense (the
     default off the CPU) runs the layer as a batched matmul with the weights scattered into a
@@ -797,14 +807,15 @@ def sparse_plan(index: torch.Tensor, inputs: int, masked_dense: bool | None = No
         masked_dense = index.device.type != "cpu"
     if masked_dense:
         return SparsePlan(None, None, inputs, index=index)
-    inverse = _inverse(index, inputs) if index.device.type == "cpu" and _kernels() else None
+    native = index.device.type == "cpu" and _kernels() is not None
+    inverse, by_unit = (_inverse(index, inputs), _by_unit(index)) if native else (None, None)
     flat = (index + torch.arange(n, device=index.device).view(n, 1, 1) * inputs).view(n * u, k)
     crow = torch.arange(0, n * u * k + 1, k, device=index.device)
     with warnings.catch_warnings():  # sparse CSR is "beta" in torch; we rely only on sampled_addmm
         warnings.simplefilter("ignore", UserWarning)
         pattern = torch.sparse_csr_tensor(crow, flat.reshape(-1), torch.zeros(n * u * k, device=index.device),
                                           (n * u, n * inputs), check_invariants=False)
-    return SparsePlan(flat, pattern, inputs, inverse)
+    return SparsePlan(flat, pattern, inputs, inverse, by_unit)
 
 
 class _SparseLinear(torch.autograd.Function):
@@ -893,7 +904,7 @@ class _SparseReluCpp(torch.autograd.Function):
         n, u, k = weight.shape
         xt = x.transpose(1, 2).contiguous()  # (N, inputs, B)
         flat_w = weight.reshape(n, u * k).contiguous()
-        out = _kernels().sparse_forward(xt, flat_w, bias.contiguous(), *plan.inverse)
+        out = _kernels().sparse_forward(xt, flat_w, bias.contiguous(), *plan.inverse, *plan.by_unit)
         ctx.save_for_backward(xt, flat_w, out)
         ctx.plan, ctx.shape = plan, weight.shape
         return out

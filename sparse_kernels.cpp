@@ -61,10 +61,64 @@ static int64_t parts_per_agent(int64_t N) {
   return N >= threads ? 1 : (threads + N - 1) / N;
 }
 
+// Sums for kBlock units at a time, held in registers as kVecs vectors of kLanes floats (GCC's
+// vector extension, lowered to the widest vectors the target has).
+constexpr int kLanes = 16, kVecs = 4;
+constexpr int64_t kBlock = kLanes * kVecs;
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
+
+// A batch of kByUnit samples (the DQN's batch) may be summed unit by unit instead: each unit adds
+// its inputs' (B,) columns in ascending input order (by_input, with their weights at by_flat: each
+// unit's mask sorted by input), every lane at once, in registers. That is the order in which the
+// loop over inputs adds them; the inputs that loop skips (off in every sample, or in this lane)
+// add only zeros here, which change no sum but for the sign of a zero, and the ReLU makes every
+// zero +0: the same bits either way, so the choice is only one of speed (by_unit_is_cheaper).
+constexpr int64_t kByUnit = 32;
+
+template <int64_t kB>  // the batch, whole vectors of kLanes
+static void forward_by_unit(const float* __restrict__ x, const float* __restrict__ w, const float* bias,
+                            const int32_t* by_input, const int32_t* by_flat, int64_t j0, int64_t j1, int64_t K,
+                            float* __restrict__ out) {
+  constexpr int64_t kV = kB / kLanes;
+  for (int64_t j = j0; j < j1; ++j) {
+    Vec acc[kV];
+    for (int64_t v = 0; v < kV; ++v) acc[v] = Vec{} + bias[j];
+    for (int64_t e = j * K; e < (j + 1) * K; ++e) {
+      const float we = w[by_flat[e]];
+      const float* column = x + int64_t(by_input[e]) * kB;
+      for (int64_t v = 0; v < kV; ++v) {
+        Vec c;
+        std::memcpy(&c, column + v * kLanes, sizeof c);
+        acc[v] += we * c;
+      }
+    }
+    for (int64_t v = 0; v < kV; ++v) {
+      const Vec r = acc[v] > 0.f ? acc[v] : Vec{};
+      std::memcpy(out + j * kB + v * kLanes, &r, sizeof r);
+    }
+  }
+}
+
+// Whether summing unit by unit is the cheaper way for one agent's batch (x (D, B)). By unit, every
+// entry of the mask costs one pass over the lanes. By input, an input off in every sample costs
+// nothing, one on in a few samples a few scalar adds per entry, and one on in more about six
+// passes over the lanes per entry: each reads and writes its unit's row (benchmarks/kernels.py).
+static bool by_unit_is_cheaper(const float* x, const int32_t* ptr, int64_t D, int64_t B, int64_t E) {
+  int64_t cost = 0;  // in eighths of a pass over the lanes
+  for (int64_t i = 0; i < D; ++i) {
+    int64_t on = 0;
+    for (int64_t b = 0; b < B; ++b) on += x[i * B + b] != 0.f;
+    cost += (ptr[i + 1] - ptr[i]) * (on == 0 ? 0 : on <= kFew ? 2 * on : 48);
+  }
+  return cost > 8 * E;
+}
+
 // xt (N, D, B), weight (N, U * K), bias (N, U) -> relu(pre-activation + bias), (N, U, B).
-// Pieces of an agent are ranges of the batch's lanes: they write disjoint columns.
+// Pieces of an agent are ranges of the batch's lanes, or of its units when they are summed by
+// unit: they write disjoint parts of out.
 torch::Tensor sparse_forward(torch::Tensor xt, torch::Tensor weight, torch::Tensor bias, torch::Tensor ptr,
-                             torch::Tensor flat, torch::Tensor unit) {
+                             torch::Tensor flat, torch::Tensor unit, torch::Tensor by_input, torch::Tensor by_flat,
+                             int64_t by_unit = -1) {  // 1 or 0 forces a way (the tests compare them), -1 chooses
   const int64_t N = xt.size(0), D = xt.size(1), B = xt.size(2), E = weight.size(1), U = bias.size(1);
   auto out = torch::empty({N, U, B}, xt.options());
   const float* xp = xt.data_ptr<float>();
@@ -72,11 +126,19 @@ torch::Tensor sparse_forward(torch::Tensor xt, torch::Tensor weight, torch::Tens
   const float* bp = bias.data_ptr<float>();
   float* op = out.data_ptr<float>();
   Inverse inv{ptr.data_ptr<int32_t>(), flat.data_ptr<int32_t>(), unit.data_ptr<int32_t>()};
+  const int32_t* bi = by_input.data_ptr<int32_t>();
+  const int32_t* bf = by_flat.data_ptr<int32_t>();
   const int64_t parts = std::min(parts_per_agent(N), B);
   at::parallel_for(0, N * parts, 1, [&](int64_t begin, int64_t end) {
     FlushDenormals flush;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / parts, part = item % parts;
+      if (B == kByUnit && by_unit != 0 &&
+          (by_unit == 1 || by_unit_is_cheaper(xp + n * D * B, inv.ptr + n * (D + 1), D, B, E))) {
+        forward_by_unit<kByUnit>(xp + n * D * B, wp + n * E, bp + n * U, bi + n * E, bf + n * E,
+                                 U * part / parts, U * (part + 1) / parts, E / U, op + n * U * B);
+        continue;
+      }
       const int64_t b0 = B * part / parts, width = B * (part + 1) / parts - b0;
       const float* w = wp + n * E;
       const int32_t* p = inv.ptr + n * (D + 1);
@@ -113,11 +175,6 @@ torch::Tensor sparse_forward(torch::Tensor xt, torch::Tensor weight, torch::Tens
   return out;
 }
 
-// Sums for kBlock units at a time, held in registers as kVecs vectors of kLanes floats (GCC's
-// vector extension, lowered to the widest vectors the target has).
-constexpr int kLanes = 16, kVecs = 4;
-constexpr int64_t kBlock = kLanes * kVecs;
-typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
 
 // grad (N, U, B) of the pre-activations, xt (N, D, B) -> weight gradient (N, U * K). Pieces of an
 // agent are ranges of inputs: each weight belongs to one input, so they write disjoint entries.
@@ -549,7 +606,8 @@ std::vector<torch::Tensor> replay_sample(torch::Tensor obs, torch::Tensor next_o
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("sparse_forward", &sparse_forward);
+  m.def("sparse_forward", &sparse_forward, py::arg("xt"), py::arg("weight"), py::arg("bias"), py::arg("ptr"),
+        py::arg("flat"), py::arg("unit"), py::arg("by_input"), py::arg("by_flat"), py::arg("by_unit") = -1);
   m.def("sparse_grad_weight", &sparse_grad_weight);
   m.def("sparse_grad_input", &sparse_grad_input);
   m.def("relu_grad", &relu_grad);

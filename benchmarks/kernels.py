@@ -50,6 +50,13 @@ def relu_grad(mod):
     return getattr(mod, "relu_grad", lambda out, grad_out: torch.where(out > 0, grad_out, 0.0).contiguous())
 
 
+def forward(mod, plan):
+    """The forward kernel as a version takes it: since the unit-major path, with the masks read by
+    unit as well as by input."""
+    by_unit = "by_flat" in mod.sparse_forward.__doc__  # pybind's signature names the arguments
+    return lambda x, w, b: mod.sparse_forward(x, w, b, *plan.inverse, *(plan.by_unit if by_unit else ()))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline-rev", required=True, help="git revision whose sparse_kernels.cpp to compare")
@@ -69,29 +76,32 @@ def main():
         cfg = sd.Config(env=env, arch=arch, regime="learned", pan_frames=5_000)
         n = args.agents
         masks = torch.stack([sd.build_mask(cfg, s)[0] for s in range(n)])
-        inverse = sd.sparse_plan(masks, cfg.input_size).inverse
+        plan = sd.sparse_plan(masks, cfg.input_size)
+        inverse = plan.inverse
         obs = observations(cfg, n)
         units, k = masks.shape[1:]
         w, b = torch.rand(n, units * k) - 0.5, torch.rand(n, units) - 0.5
         times = {}
         for _ in range(5):
             x = obs[:, torch.randint(0, obs.shape[1], (32,))].transpose(1, 2).contiguous()
-            hidden = mods["new"].sparse_forward(x, w, b, *inverse)
+            x_act = obs[:, torch.randint(0, obs.shape[1], (1,))].transpose(1, 2).contiguous()  # acting: one sample
+            hidden = forward(mods["new"], plan)(x, w, b)
             grad_out = torch.randn(n, 32, units).transpose(1, 2)  # as the head's backward hands it over
             grad = relu_grad(mods["new"])(hidden, grad_out)
             results = {}
             for name, mod in mods.items():
-                times.setdefault(f"forward/{name}", []).append(timed(mod.sparse_forward, x, w, b, *inverse))
+                times.setdefault(f"forward/{name}", []).append(timed(forward(mod, plan), x, w, b))
+                times.setdefault(f"forward_act/{name}", []).append(timed(forward(mod, plan), x_act, w, b))
                 times.setdefault(f"grad_weight/{name}", []).append(
                     timed(mod.sparse_grad_weight, grad, x, *inverse, units * k))
                 times.setdefault(f"relu_grad/{name}", []).append(timed(relu_grad(mod), hidden, grad_out))
-                results[name] = (mod.sparse_forward(x, w, b, *inverse), mod.sparse_grad_weight(grad, x, *inverse, units * k),
-                                 relu_grad(mod)(hidden, grad_out))
+                results[name] = (forward(mod, plan)(x, w, b), forward(mod, plan)(x_act, w, b),
+                                 mod.sparse_grad_weight(grad, x, *inverse, units * k), relu_grad(mod)(hidden, grad_out))
             for old, new in zip(results["old"], results["new"]):
                 assert torch.equal(old.view(torch.int32), new.view(torch.int32)), f"{case}: the kernels differ"
         best = {key: min(v) for key, v in times.items()}
         out["results"][case] = best
-        for kernel in ("forward", "grad_weight", "relu_grad"):
+        for kernel in ("forward", "forward_act", "grad_weight", "relu_grad"):
             o, nw = best[f"{kernel}/old"], best[f"{kernel}/new"]
             print(f"{case:28s} {kernel:11s} old {o:7.3f} ms  new {nw:7.3f} ms  {o / nw:5.2f}x", flush=True)
         if args.json:

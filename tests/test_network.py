@@ -62,6 +62,24 @@ def test_the_cpp_sparse_layer_equals_a_dense_masked_layer_in_values_and_gradient
         torch.testing.assert_close(mine.grad, theirs.grad)
 
 
+@pytest.mark.parametrize("density", [0.02, 0.1, 0.5, 1.0])
+def test_the_cpp_forward_sums_alike_by_unit_and_by_input_bit_for_bit(cpp_kernels, density):
+    """The forward chooses, per agent and batch, to sum unit by unit or input by input, for speed
+    alone: both must give the same bits, on 0/1 observations of any density, with masks whose
+    units list their inputs in any order and may repeat one (a registered mask may)."""
+    torch.manual_seed(4)
+    n, b, d, u, k = 3, 32, 90, 100, 12
+    x = (torch.rand(n, d, b) < density).float()
+    index = random_masks(n, u, k, d)
+    index[:, :5, 1] = index[:, :5, 0]  # a repeated input
+    plan = sd.sparse_plan(index, d)
+    w, bias = torch.randn(n, u * k), torch.randn(n, u)
+    by_unit, by_input = (sd._kernels().sparse_forward(x, w, bias, *plan.inverse, *plan.by_unit, by_unit=path)
+                         for path in (1, 0))
+    assert torch.equal(by_unit.view(torch.int32), by_input.view(torch.int32))
+    assert torch.equal(by_unit, sd._kernels().sparse_forward(x, w, bias, *plan.inverse, *plan.by_unit))
+
+
 def test_the_cpp_relu_gradient_is_torchs_bit_for_bit_in_either_layout(cpp_kernels):
     """The backward pass gets the head's gradient transposed (the kernel reads it in tiles) or, from
     a caller of its own, contiguous; both must give torch.where(out > 0, grad_out, 0.0) exactly,
