@@ -46,14 +46,18 @@ def load_engine(name: str, rev: str | None):
     return module
 
 
-def rate(sd, env, arch, regime, agents, frames) -> float:
+def rate(sd, env, arch, regime, agents, frames, loop_only=False) -> float:
+    """Agent-steps/s of train(); with loop_only, of its frame loop alone, without the set-up (PAN's
+    training, for predictive masks), timed from the loop's first progress call to its last."""
     cfg = sd.Config(env=env, arch=arch, regime=regime, frames=frames, learning_starts=200,
                     pan_frames=5_000)
     sd.train(sd.Config(env=env, arch=arch, regime=regime, frames=260, learning_starts=200, pan_frames=5_000),
              list(range(agents)), progress=False)  # warm-up: first-touch and PAN costs
-    start = time.perf_counter()
-    sd.train(cfg, list(range(agents)), progress=False)
-    return agents * frames / (time.perf_counter() - start)
+    marks = [time.perf_counter()]
+    sd.train(cfg, list(range(agents)), progress=lambda _: marks.append(time.perf_counter()))
+    marks.append(time.perf_counter())
+    start, end = (marks[1], marks[-2]) if loop_only else (marks[0], marks[-1])
+    return agents * frames / (end - start)
 
 
 def main():
@@ -64,6 +68,8 @@ def main():
                         default=["/".join(c) for c in CASES], help="what to measure (default: the four above)")
     parser.add_argument("--agent-steps", type=int, default=20_000, help="agent-steps per measurement")
     parser.add_argument("--repeats", type=int, default=2, help="measurements of each engine per case, alternating")
+    parser.add_argument("--loop-only", action="store_true",
+                        help="time the frame loop alone, not the set-up (PAN's training for predictive masks)")
     parser.add_argument("--json", type=Path, help="where to write the results")
     args = parser.parse_args()
     old = load_engine("sparse_dqn_baseline", args.baseline_rev)
@@ -79,7 +85,7 @@ def main():
             rates = {old: [], new: []}
             for i in range(args.repeats):
                 for sd in (old, new) if i % 2 == 0 else (new, old):
-                    rates[sd].append(rate(sd, env, arch, regime, n, frames))
+                    rates[sd].append(rate(sd, env, arch, regime, n, frames, args.loop_only))
             r_old, r_new = max(rates[old]), max(rates[new])
             name = f"{env}/{arch}/{regime}/{n}"
             out["results"][name] = {"old": r_old, "new": r_new, "ratio": r_new / r_old}
