@@ -128,13 +128,18 @@ torch::Tensor sparse_forward(torch::Tensor xt, torch::Tensor weight, torch::Tens
   Inverse inv{ptr.data_ptr<int32_t>(), flat.data_ptr<int32_t>(), unit.data_ptr<int32_t>()};
   const int32_t* bi = by_input.data_ptr<int32_t>();
   const int32_t* bf = by_flat.data_ptr<int32_t>();
+  std::vector<char> unit_wise(N, B == kByUnit && by_unit == 1);  // decided once per agent, for all its pieces
+  if (B == kByUnit && by_unit == -1)
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n)
+        unit_wise[n] = by_unit_is_cheaper(xp + n * D * B, inv.ptr + n * (D + 1), D, B, E);
+    });
   const int64_t parts = std::min(parts_per_agent(N), B);
   at::parallel_for(0, N * parts, 1, [&](int64_t begin, int64_t end) {
     FlushDenormals flush;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / parts, part = item % parts;
-      if (B == kByUnit && by_unit != 0 &&
-          (by_unit == 1 || by_unit_is_cheaper(xp + n * D * B, inv.ptr + n * (D + 1), D, B, E))) {
+      if (unit_wise[n]) {
         forward_by_unit<kByUnit>(xp + n * D * B, wp + n * E, bp + n * U, bi + n * E, bf + n * E,
                                  U * part / parts, U * (part + 1) / parts, E / U, op + n * U * B);
         continue;
@@ -174,7 +179,6 @@ torch::Tensor sparse_forward(torch::Tensor xt, torch::Tensor weight, torch::Tens
   });
   return out;
 }
-
 
 // grad (N, U, B) of the pre-activations, xt (N, D, B) -> weight gradient (N, U * K). Pieces of an
 // agent are ranges of inputs: each weight belongs to one input, so they write disjoint entries.
