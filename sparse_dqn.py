@@ -1050,11 +1050,14 @@ class Replay:
         bits = (packed.unsqueeze(-1) >> self._shifts) & 1
         return bits.flatten(-2)[..., : self.input_size].float()
 
-    def sample(self, agents: torch.Tensor, idx: torch.Tensor):
-        """Transitions idx (n, B) of the given agents (n,), observations unpacked to float."""
+    def sample(self, agents: torch.Tensor, idx: torch.Tensor, inputs_major: bool = False):
+        """Transitions idx (n, B) of the given agents (n,), observations unpacked to float (n, B,
+        inputs); with the C++ kernels and inputs_major, laid out (n, inputs, B) in memory, as the
+        sparse layer's kernels read them."""
         if self._native is not None:
             return tuple(self._native.replay_sample(self.obs, self.next_obs, self.action, self.reward, self.done,
-                                                    agents.contiguous(), idx.contiguous(), self.input_size))
+                                                    agents.contiguous(), idx.contiguous(), self.input_size,
+                                                    inputs_major))
         rows = agents.unsqueeze(1)
         return (self.unpack(self.obs[rows, idx]), self.action[rows, idx].long(), self.reward[rows, idx],
                 self.unpack(self.next_obs[rows, idx]), self.done[rows, idx])
@@ -1163,6 +1166,7 @@ class _Group:
             tensor.requires_grad_(learns)
         self.params = stacked
         self.plan = sparse_plan(stacked["index"], cfgs[0].input_size) if "index" in stacked else None
+        self.inputs_major = self.plan is not None and self.plan.inverse is not None  # the C++ sparse layer
         self.target = {n: t.detach().clone() if t.requires_grad else t for n, t in stacked.items()}
         c = cfgs[0]
         learned = [name for name, t in stacked.items() if t.requires_grad]
@@ -1336,7 +1340,7 @@ def train_population(agents: Sequence[tuple[Config, int]], progress: bool | Call
             if frame >= cfg0.learning_starts:
                 idx = (u_replay[:, t] * replay.size).long()
                 for g in groups:
-                    g.update(replay.sample(g.members, idx[g.members]), cfg0.gamma)
+                    g.update(replay.sample(g.members, idx[g.members], g.inputs_major), cfg0.gamma)
                 updates += 1
                 if updates % cfg0.target_update == 0:
                     for g in groups:

@@ -576,36 +576,65 @@ torch::Tensor replay_pack(torch::Tensor obs) {
   return packed;
 }
 
+// Rows slots[0..B) of a bit-packed ring (bytes per row) unpacked to float 0/1, laid out (B, inputs)
+// or, inputs_major, (inputs, B). Both go a byte at a time so that each write runs along a row.
+static void unpack_rows(const uint8_t* ring, const int64_t* slots, int64_t B, int64_t bytes, int64_t inputs,
+                        bool inputs_major, uint8_t* column, float* out) {
+  if (!inputs_major) {
+    for (int64_t b = 0; b < B; ++b) {
+      const uint8_t* row = ring + slots[b] * bytes;
+      float* to = out + b * inputs;
+      int64_t k = 0;
+      for (; k + 8 <= inputs; k += 8)
+        for (int j = 0; j < 8; ++j) to[k + j] = float((row[k / 8] >> (7 - j)) & 1);
+      for (; k < inputs; ++k) to[k] = float((row[k / 8] >> (7 - k % 8)) & 1);
+    }
+    return;
+  }
+  for (int64_t byte = 0; byte < bytes; ++byte) {
+    for (int64_t b = 0; b < B; ++b) column[b] = ring[slots[b] * bytes + byte];
+    for (int64_t k = byte * 8; k < std::min(inputs, byte * 8 + 8); ++k) {
+      const int shift = 7 - k % 8;
+      float* to = out + k * B;
+      for (int64_t b = 0; b < B; ++b) to[b] = float((column[b] >> shift) & 1);
+    }
+  }
+}
+
 // The transitions idx (n, B) of agents (n,) from the rings (A, capacity, ...): observations
-// unpacked to float (n, B, D), actions as int64, rewards and terminals as float.
+// unpacked to float (n, B, D), actions as int64, rewards and terminals as float. inputs_major
+// lays the observations out as (n, D, B) and returns that as its (n, B, D) view: the sparse
+// layer's kernels read them so, and a separate transposing copy cost about 1 ms a call at 64
+// agents.
 std::vector<torch::Tensor> replay_sample(torch::Tensor obs, torch::Tensor next_obs, torch::Tensor action,
                                          torch::Tensor reward, torch::Tensor done, torch::Tensor agents,
-                                         torch::Tensor idx, int64_t inputs) {
+                                         torch::Tensor idx, int64_t inputs, bool inputs_major) {
   const int64_t n = idx.size(0), B = idx.size(1), capacity = obs.size(1), bytes = obs.size(2);
   const int64_t A = obs.size(0);
   const uint8_t *ob = ptr_of<uint8_t>(obs, "obs"), *nb = ptr_of<uint8_t>(next_obs, "next_obs");
   const uint8_t* ac = ptr_of<uint8_t>(action, "action");
   const float *rw = ptr_of<float>(reward, "reward"), *dn = ptr_of<float>(done, "done");
   const int64_t *ag = ptr_of<int64_t>(agents, "agents"), *ix = ptr_of<int64_t>(idx, "idx");
-  auto x = torch::empty({n, B, inputs}, torch::kFloat32), x_next = torch::empty({n, B, inputs}, torch::kFloat32);
+  const auto shape = inputs_major ? std::vector<int64_t>{n, inputs, B} : std::vector<int64_t>{n, B, inputs};
+  auto x = torch::empty(shape, torch::kFloat32), x_next = torch::empty(shape, torch::kFloat32);
   auto a = torch::empty({n, B}, torch::kInt64);
   auto r = torch::empty({n, B}, torch::kFloat32), d = torch::empty({n, B}, torch::kFloat32);
   float *xp = x.data_ptr<float>(), *xn = x_next.data_ptr<float>(), *rp = r.data_ptr<float>(), *dp = d.data_ptr<float>();
   int64_t* ap = a.data_ptr<int64_t>();
+  std::vector<int64_t> slots(B);
+  std::vector<uint8_t> column(B);
   for (int64_t i = 0; i < n; ++i) {
     TORCH_CHECK(0 <= ag[i] && ag[i] < A, "agent index out of range");
     for (int64_t b = 0; b < B; ++b) {
-      const int64_t t = ix[i * B + b];
+      const int64_t t = ix[i * B + b], row = i * B + b;
       TORCH_CHECK(0 <= t && t < capacity, "replay index out of range");
-      const int64_t slot = ag[i] * capacity + t, row = i * B + b;
-      for (int64_t k = 0; k < inputs; ++k) {
-        const int shift = 7 - k % 8;
-        xp[row * inputs + k] = float((ob[slot * bytes + k / 8] >> shift) & 1);
-        xn[row * inputs + k] = float((nb[slot * bytes + k / 8] >> shift) & 1);
-      }
-      ap[row] = ac[slot], rp[row] = rw[slot], dp[row] = dn[slot];
+      slots[b] = ag[i] * capacity + t;
+      ap[row] = ac[slots[b]], rp[row] = rw[slots[b]], dp[row] = dn[slots[b]];
     }
+    unpack_rows(ob, slots.data(), B, bytes, inputs, inputs_major, column.data(), xp + i * B * inputs);
+    unpack_rows(nb, slots.data(), B, bytes, inputs, inputs_major, column.data(), xn + i * B * inputs);
   }
+  if (inputs_major) x = x.transpose(1, 2), x_next = x_next.transpose(1, 2);
   return {x, a, r, x_next, d};
 }
 
@@ -620,7 +649,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("space_invaders_step", &space_invaders_step);
   m.def("space_invaders_observe", &space_invaders_observe);
   m.def("replay_pack", &replay_pack);
-  m.def("replay_sample", &replay_sample);
+  m.def("replay_sample", &replay_sample, py::arg("obs"), py::arg("next_obs"), py::arg("action"), py::arg("reward"),
+        py::arg("done"), py::arg("agents"), py::arg("idx"), py::arg("inputs"), py::arg("inputs_major") = false);
   m.def("centred_rmsprop_step", &centred_rmsprop_step, py::arg("param"), py::arg("grad"), py::arg("square_avg"),
         py::arg("grad_avg"), py::arg("lr"), py::arg("alpha"), py::arg("eps"), py::arg("l1") = py::none());
 }

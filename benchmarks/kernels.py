@@ -1,7 +1,7 @@
-"""The sparse layer's C++ kernels of this checkout against those of another version, alone,
-outside training: both builds in one process, timed alternately (one thread, min of 5 rounds of
-100 calls) on real observations of a batch of 32 from 8 agents' games, and checked equal bit for
-bit on every round.
+"""The sparse layer's C++ kernels, and the replay's sample that feeds them, of this checkout
+against those of another version, alone, outside training: both builds in one process, timed
+alternately (one thread, min of 5 rounds of 100 calls) on real observations of a batch of 32 from
+8 agents' games, and checked equal bit for bit on every round.
 
     python benchmarks/kernels.py --baseline-rev 8cdb882 --cases space_invaders/predictive breakout/spatial
 """
@@ -57,6 +57,17 @@ def forward(mod, plan):
     return lambda x, w, b: mod.sparse_forward(x, w, b, *plan.inverse, *(plan.by_unit if by_unit else ()))
 
 
+def sample(mod, rings, agents, idx, inputs):
+    """The replay's sample of both observations as the sparse layer reads them, (n, inputs, B): since
+    inputs_major, written so by the kernel; before, (n, B, inputs) and a transposing copy."""
+    major = "inputs_major" in mod.replay_sample.__doc__
+
+    def run():
+        x, _, _, x_next, _ = mod.replay_sample(*rings, agents, idx, inputs, *([True] if major else []))
+        return x.transpose(1, 2).contiguous(), x_next.transpose(1, 2).contiguous()
+    return run
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline-rev", required=True, help="git revision whose sparse_kernels.cpp to compare")
@@ -80,6 +91,10 @@ def main():
         inverse = plan.inverse
         obs = observations(cfg, n)
         units, k = masks.shape[1:]
+        packed = torch.stack([mods["new"].replay_pack(o.to(torch.uint8)) for o in obs.transpose(0, 1)], 1)
+        rings = (packed, packed.roll(1, 1), torch.zeros(packed.shape[:2], dtype=torch.uint8),
+                 torch.zeros(packed.shape[:2]), torch.zeros(packed.shape[:2]))
+        agents = torch.arange(n)
         w, b = torch.rand(n, units * k) - 0.5, torch.rand(n, units) - 0.5
         times = {}
         for _ in range(5):
@@ -88,6 +103,7 @@ def main():
             hidden = forward(mods["new"], plan)(x, w, b)
             grad_out = torch.randn(n, 32, units).transpose(1, 2)  # as the head's backward hands it over
             grad = relu_grad(mods["new"])(hidden, grad_out)
+            idx = torch.randint(0, obs.shape[1], (n, 32))
             results = {}
             for name, mod in mods.items():
                 times.setdefault(f"forward/{name}", []).append(timed(forward(mod, plan), x, w, b))
@@ -95,13 +111,15 @@ def main():
                 times.setdefault(f"grad_weight/{name}", []).append(
                     timed(mod.sparse_grad_weight, grad, x, *inverse, units * k))
                 times.setdefault(f"relu_grad/{name}", []).append(timed(relu_grad(mod), hidden, grad_out))
+                times.setdefault(f"sample/{name}", []).append(timed(sample(mod, rings, agents, idx, cfg.input_size)))
                 results[name] = (forward(mod, plan)(x, w, b), forward(mod, plan)(x_act, w, b),
-                                 mod.sparse_grad_weight(grad, x, *inverse, units * k), relu_grad(mod)(hidden, grad_out))
+                                 mod.sparse_grad_weight(grad, x, *inverse, units * k), relu_grad(mod)(hidden, grad_out),
+                                 *sample(mod, rings, agents, idx, cfg.input_size)())
             for old, new in zip(results["old"], results["new"]):
                 assert torch.equal(old.view(torch.int32), new.view(torch.int32)), f"{case}: the kernels differ"
         best = {key: min(v) for key, v in times.items()}
         out["results"][case] = best
-        for kernel in ("forward", "forward_act", "grad_weight", "relu_grad"):
+        for kernel in ("forward", "forward_act", "grad_weight", "relu_grad", "sample"):
             o, nw = best[f"{kernel}/old"], best[f"{kernel}/new"]
             print(f"{case:28s} {kernel:11s} old {o:7.3f} ms  new {nw:7.3f} ms  {o / nw:5.2f}x", flush=True)
         if args.json:

@@ -127,7 +127,7 @@ def test_short_breakout_run_beats_the_random_policy():
     assert trained > 2 * baseline, (trained, baseline)
 
 
-def test_the_replays_cpp_pack_and_sample_equal_its_torch_ops_and_numpys_packbits(cpp_kernels):
+def test_the_replays_cpp_pack_and_sample_equal_its_torch_ops_and_numpys_packbits_in_either_layout(cpp_kernels):
     rng = torch.Generator().manual_seed(3)
     native, plain = (sd.Replay(3, 50, 603, "cpu", native=flag) for flag in (True, False))
     for _ in range(50):
@@ -141,6 +141,11 @@ def test_the_replays_cpp_pack_and_sample_equal_its_torch_ops_and_numpys_packbits
     agents, idx = torch.tensor([2, 0]), torch.randint(0, 50, (2, 32), generator=rng)
     for mine, theirs in zip(native.sample(agents, idx), plain.sample(agents, idx)):
         assert mine.dtype == theirs.dtype and torch.equal(mine, theirs)
+    # the sparse layer's layout: the same values, each agent's inputs one after another in memory
+    for mine, theirs in zip(native.sample(agents, idx, inputs_major=True), plain.sample(agents, idx)):
+        assert torch.equal(mine, theirs)
+    x = native.sample(agents, idx, inputs_major=True)[0]
+    assert x.shape == (2, 32, 603) and x.transpose(1, 2).is_contiguous()
 
 
 @pytest.mark.parametrize("arch", ["spatial", "l1"])
