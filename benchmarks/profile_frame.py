@@ -3,6 +3,12 @@ of one population (an env step and one update per agent per frame), operators ra
 device time on a GPU, by their own CPU time on the CPU.
 
     python benchmarks/profile_frame.py --device cuda --agents 1024 --env breakout --arch spatial
+
+On the CPU torch.profiler inflates some operators (it ranked a zero fill at 25% of a frame that
+`perf` puts at 3%); --plain trains the same frames without it, for an outside sampler:
+
+    OMP_NUM_THREADS=1 perf record -g -o /tmp/perf.data python benchmarks/profile_frame.py --plain --frames 460
+    perf report -i /tmp/perf.data --no-children --sort dso,symbol
 """
 import argparse
 import sys
@@ -26,6 +32,7 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--rows", type=int, default=30)
     parser.add_argument("--out", type=Path, help="also write the table here")
+    parser.add_argument("--plain", action="store_true", help="no torch.profiler: for perf record")
     args = parser.parse_args()
     sd.check_device(args.device)
 
@@ -34,6 +41,9 @@ def main():
                     replay_size=10_000, pan_frames=5_000, frames=40 + args.frames, device=args.device)
     seeds = list(range(args.agents))
     sd.train(cfg, seeds, progress=False)  # warm-up: allocator, kernel builds, first touch
+    if args.plain:
+        sd.train(cfg, seeds, progress=False)
+        return
     activities = [ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda
     prof = profile(activities=activities)
     marks = []
