@@ -737,10 +737,12 @@ def _kernels():
 
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
         source = Path(__file__).with_name("sparse_kernels.cpp")
-        # The build is named after the processor's features and the source, so machines that
-        # share a home directory (a cluster's nodes) each build their own, and two checkouts of
-        # different versions never load each other's kernels.
-        digest = hashlib.sha256(source.read_bytes()).hexdigest()[:10]
+        # The build is named after the processor's features, the source and where it lies, so
+        # machines that share a home directory (a cluster's nodes) each build their own, two
+        # checkouts of different versions never load each other's kernels, and two copies of one
+        # version (benchmarks/compare.py loads one from a temporary folder) do not rebuild each
+        # other's: torch rebuilds a named extension whose source path changed.
+        digest = hashlib.sha256(source.read_bytes() + str(source.resolve()).encode()).hexdigest()[:10]
         return load(f"sparse_dqn_kernels_{_cpu_id()}_{digest}", [str(source)], extra_cflags=KERNEL_FLAGS,
                     extra_ldflags=["-fopenmp"], verbose=False)
     except Exception as err:  # no compiler, no headers, a failed build: the torch path still works

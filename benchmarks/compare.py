@@ -34,11 +34,17 @@ def load_engine(name: str, rev: str | None):
         shown = subprocess.run(["git", "show", f"{rev}:{file}"], cwd=ROOT, capture_output=True, text=True)
         return shown.stdout if shown.returncode == 0 else None
 
-    path = Path(tempfile.mkdtemp()) / f"{name}.py"
-    path.write_text(read("sparse_dqn.py"))
+    def write(path, text):  # an unchanged file keeps its time, so its build is not redone
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+
+    folder = Path(tempfile.gettempdir()) / f"sparse_dqn_compare_{rev or 'checkout'}"  # one per version
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name}.py"
+    write(path, read("sparse_dqn.py"))
     kernels = read("sparse_kernels.cpp")
     if kernels is not None:  # an engine with C++ kernels builds and runs its own
-        path.with_name("sparse_kernels.cpp").write_text(kernels)
+        write(path.with_name("sparse_kernels.cpp"), kernels)
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
