@@ -1301,12 +1301,14 @@ def train_population(agents: Sequence[tuple[Config, int]], progress: bool | Call
             g.load_state_dict(gs)
     obs = game.observe()
 
+    # armed before the bar shows: a user (or a test) who sees the frame loop start and stops it
+    # then must get the checkpointed stop, not the signal's default
+    _STOP.armed = checkpoint is not None
     bar = _progress(cfg0.frames, n, progress is True, first_frame)
     report = progress if callable(progress) else None
     if report is not None:
         report(n * first_frame)
     frame = first_frame
-    _STOP.armed = checkpoint is not None
     while frame < cfg0.frames:
         # One block of frames: its draws come in bulk, its episode ends reach the host at its end.
         block = min(FRAME_BLOCK, cfg0.frames - frame, _next_stop(cfg0, frame) - frame)
