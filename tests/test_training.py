@@ -141,7 +141,7 @@ def test_the_replays_cpp_pack_and_sample_equal_its_torch_ops_and_numpys_packbits
     agents, idx = torch.tensor([2, 0]), torch.randint(0, 50, (2, 32), generator=rng)
     for mine, theirs in zip(native.sample(agents, idx), plain.sample(agents, idx)):
         assert mine.dtype == theirs.dtype and torch.equal(mine, theirs)
-    # the sparse layer's layout: the same values, each agent's inputs one after another in memory
+    # the sparse layer's layout: the same values, laid out (agents, inputs, batch) in memory
     for mine, theirs in zip(native.sample(agents, idx, inputs_major=True), plain.sample(agents, idx)):
         assert torch.equal(mine, theirs)
     x = native.sample(agents, idx, inputs_major=True)[0]
