@@ -1810,13 +1810,19 @@ class SweepJob:
         return submitit.helpers.DelayedSubmission(SweepJob(self.runs, self.results_dir, self.masks))
 
 
-def measured_rate(population: Sequence[tuple[Config, int]], frames: int = 400) -> float:
-    """Agent-steps/s of a short run of this population's shape (half of it learning)."""
-    short = [(dataclasses.replace(c, frames=frames, learning_starts=frames // 2, pan_frames=min(c.pan_frames, 5_000)), s)
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} hours"
+
+
+def measured_rate(population: Sequence[tuple[Config, int]], frames: int = 200) -> float:
+    """Agent-steps/s of this population's learning frames, from a short run of its shape: its
+    set-up (PAN and replay cut short) and its random play before learning are not timed."""
+    short = [(dataclasses.replace(c, frames=2 * frames, learning_starts=frames, log_every=frames,
+                                  replay_size=min(c.replay_size, 10_000), pan_frames=min(c.pan_frames, 5_000)), s)
              for c, s in population]
-    start = time.perf_counter()
-    train_runs(short, None, progress=False)
-    return len(short) * frames / (time.perf_counter() - start)
+    marks = []  # the loop reports when it starts and after each block: learning is the last block
+    train_runs(short, None, progress=lambda _: marks.append(time.perf_counter()))
+    return len(short) * frames / (marks[-1] - marks[-2])
 
 
 def sweep(profile: str, envs: Sequence[str], results_dir: str | Path, max_agents: int = 64,
@@ -1832,13 +1838,19 @@ def sweep(profile: str, envs: Sequence[str], results_dir: str | Path, max_agents
     if dry_run:
         print(f"{profile}: {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to train in "
               f"{len(populations)} populations ({steps:,} agent-steps)")
+        rates, total = {}, 0.0
         for i, pop in enumerate(populations):
             kinds = sorted({f"{c.arch}/{c.regime}" for c, _ in pop})
-            print(f"  population {i}: {pop[0][0].env}, {len(pop)} agents: {', '.join(kinds)}")
+            shape = (pop[0][0].env, len(pop), tuple(sorted(f"{c.arch}/{c.regime}" for c, _ in pop)))
+            if shape not in rates:  # populations differ many times over in speed: each shape is timed
+                rates[shape] = measured_rate(pop)
+            seconds = sum(c.frames for c, _ in pop) / rates[shape]
+            total += seconds
+            print(f"  population {i}: {pop[0][0].env}, {len(pop)} agents: {', '.join(kinds)}; measured "
+                  f"{rates[shape]:,.0f} agent-steps/s, about {_duration(seconds)}", flush=True)
         if populations:
-            rate = measured_rate(populations[0])
-            print(f"measured {rate:,.0f} agent-steps/s on a population of {len(populations[0])}: "
-                  f"about {steps / rate / 3600:.1f} hours on this machine")
+            print(f"about {_duration(total)} on this machine for one sweep; sweeps sharing the results "
+                  "directory split the populations between them")
         return populations
     check_results_dir(results_dir)
     if executor == "slurm":

@@ -88,6 +88,9 @@ def test_the_cli_and_the_sweep_take_a_mask_file(tmp_path):
                           cwd=ROOT, capture_output=True, text=True)
     assert plan.returncode == 0, plan.stderr
     assert "row/frozen" in plan.stdout and "row/learned" in plan.stdout
+    populations = [line for line in plan.stdout.splitlines() if line.strip().startswith("population")]
+    assert populations and all("agent-steps/s, about" in line for line in populations)  # each one timed
+    assert not (tmp_path / "s").exists()  # a plan trains and writes nothing
     missing = subprocess.run([sys.executable, "sparse_dqn.py", "--masks", str(tmp_path / "nope.py"), "train"],
                              cwd=ROOT, capture_output=True, text=True)
     assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "nope.py" in missing.stderr
