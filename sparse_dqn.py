@@ -763,6 +763,19 @@ def _cpu_id() -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:10]
 
 
+def _cpu_name() -> str:
+    """This processor's model, family and model number and _cpu_id (its flags): MKL's larger
+    matmuls (dense, L1 and CNN layers) round differently from one processor type to another."""
+    try:
+        first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    except OSError:
+        return f"unknown ({_cpu_id()})"
+    fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    return (f"{fields.get('model name', 'unknown')}, family {fields.get('cpu family', '?')} model "
+            f"{fields.get('model', '?')} ({_cpu_id()})")
+
+
 def kernel_backend() -> str:
     """'cpp' where the CPU kernels are built and used, else 'torch'."""
     return "cpp" if _kernels() is not None else "torch"
@@ -1398,7 +1411,8 @@ def _provenance(cfg: Config, agents: int) -> dict:
     import platform
 
     return {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]), "machine": platform.node(),
-            "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
+            "processor": platform.processor() or platform.machine(), "cpu": _cpu_name(),
+            "torch": torch.__version__,
             "kernels": kernel_backend() if cfg.device == "cpu" else "torch", "device": cfg.device,
             "population": agents,
             # work split over threads may add up in another order: the same run on another thread
@@ -1727,6 +1741,20 @@ def profile_runs(profile: str, envs: Sequence[str] = tuple(CHANNELS), extra_arch
     return sorted(dict.fromkeys(runs), key=lambda r: (r[0].arch == "l1" and r[0].regime == "frozen", r[0].env))
 
 
+def _stored_under_another_version(results_dir: str | Path, cfg: Config, seed: int) -> bool:
+    """Whether results_dir holds this run made by another ALGORITHM_VERSION of the same config."""
+    for path in Path(results_dir).glob(f"{cfg.env}_{cfg.arch}_{cfg.regime}_*/seed_{seed}.json"):
+        try:
+            blob = json.loads(path.read_text())
+            stored = Config(**blob["config"])
+        except (OSError, ValueError, KeyError, TypeError):  # unreadable, or fields since renamed
+            continue
+        same_experiment = dataclasses.replace(stored, **{k: getattr(cfg, k) for k in NOT_IN_KEY}) == cfg
+        if same_experiment and blob.get("algorithm_version") != ALGORITHM_VERSION:
+            return True
+    return False
+
+
 def missing_runs(profile: str, results_dir: str | Path) -> str | None:
     """None if results_dir holds every run of the profile; else one line naming what is missing
     (and whether it is stale: stored under another algorithm version or configuration) and the
@@ -1735,8 +1763,7 @@ def missing_runs(profile: str, results_dir: str | Path) -> str | None:
     missing = [(c, s) for c, s in runs if not result_path(results_dir, c, s).exists()]
     if not missing:
         return None
-    stale = sum(1 for c, s in missing
-                if any(Path(results_dir).glob(f"{c.env}_{c.arch}_{c.regime}_*/seed_{s}.json")))
+    stale = sum(1 for c, s in missing if _stored_under_another_version(results_dir, c, s))
     first = result_path(results_dir, *missing[0]).relative_to(results_dir)
     return (f"{len(missing)} of {len(runs)} runs of profile {profile} are missing from {results_dir}"
             + (f" ({stale} stored under another algorithm version or configuration)" if stale else "")

@@ -88,7 +88,10 @@ def test_a_corrupt_stored_run_is_reported_set_aside_and_recomputed(tmp_path):
     assert again.params is not None  # recomputed, not loaded
     assert again.episode_returns == first.episode_returns
     assert path.with_name(path.name + ".corrupt").exists()
-    assert json.loads(path.read_text())["seed"] == 0  # rewritten whole
+    stored = json.loads(path.read_text())
+    assert stored["seed"] == 0  # rewritten whole
+    # what a reader needs to judge bit-level agreement: MKL's dense matmuls round per processor type
+    assert stored["provenance"]["cpu"] == sd._cpu_name() and stored["provenance"]["threads"] >= 1
 
 
 def test_the_store_key_survives_edits_that_leave_training_alone(tmp_path):
@@ -105,8 +108,12 @@ def test_the_study_book_refuses_to_train_and_names_what_is_missing(tmp_path):
     store = tmp_path / "results" / "study"
     cfg, seed = sd.profile_runs("study")[0]
     stale = store / f"{cfg.env}_{cfg.arch}_{cfg.regime}_0123456789ab" / f"seed_{seed}.json"
-    stale.parent.mkdir(parents=True)
-    stale.write_text("{}")  # a run stored under an older algorithm version
+    stale.parent.mkdir(parents=True)  # a run stored under an older algorithm version
+    stale.write_text(json.dumps({"config": sd.dataclasses.asdict(cfg), "algorithm_version": 1}))
+    other = store / f"{cfg.env}_{cfg.arch}_{cfg.regime}_ba9876543210" / f"seed_{seed}.json"
+    other.parent.mkdir()  # the same arch, regime and seed in another experiment: not stale
+    other.write_text(json.dumps({"config": sd.dataclasses.asdict(sd.dataclasses.replace(cfg, lr=1e-3)),
+                                 "algorithm_version": sd.ALGORITHM_VERSION}))
     line = sd.missing_runs("study", store)
     total = len(sd.profile_runs("study"))
     assert f"{total} of {total} runs of profile study are missing" in line
@@ -140,3 +147,4 @@ def test_sweeps_sharing_a_store_train_each_run_once_and_a_killed_worker_holds_no
     holder.wait()
     sd.sweep("smoke", ["breakout"], tmp_path, max_agents=4, progress=False)
     assert all(sd.load_run(tmp_path, *run) is not None for run in runs)
+
