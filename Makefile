@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-PROFILE ?= quick
+PROFILE ?= study
 
 .PHONY: test book bench clean
 

@@ -73,6 +73,7 @@ class Chapter:
         self.envs = [e for e in ENVS if e in envs] + [e for e in envs if e not in ENVS]
         self.seeds = list(seeds or sd.PROFILES[profile].seeds)
         self.frames = frames or sd.PROFILES[profile].frames
+        self.sweep_only = not sd.PROFILES[profile].trains_in_book and seeds is None and frames is None
         sns.set_theme(style="whitegrid", context="notebook", font_scale=1.15)
         plt.rcParams.update({"figure.dpi": 110, "savefig.bbox": "tight"})
 
@@ -85,11 +86,20 @@ class Chapter:
     def config(self, **fields) -> sd.Config:
         return sd.profile_config(self.profile, **{"frames": self.frames, **fields})
 
+    def _refuse_to_train(self):
+        """A profile made by the sweep (study) is only read: a live notebook must not start hours
+        of training because a run is missing or stale."""
+        problem = self.sweep_only and sd.missing_runs(self.profile, self.results_dir)
+        if problem:
+            raise RuntimeError(problem)
+
     def train(self, configs, seeds: Sequence[int] | None = None, progress: bool = True) -> list[sd.RunResult]:
+        self._refuse_to_train()
         return sd.train(configs, list(seeds or self.seeds), self.results_dir, progress)
 
     def runs(self, archs: Sequence[str], regimes: Sequence[str], **fields) -> pd.DataFrame:
         """The per-episode table of every env x arch x regime x seed: loaded, or trained."""
+        self._refuse_to_train()
         return sd.train_profile(self.profile, self.envs, archs, regimes, self.results_dir, self.seeds,
                                 self.frames, **fields)
 

@@ -148,3 +148,15 @@ def test_sweeps_sharing_a_store_train_each_run_once_and_a_killed_worker_holds_no
     sd.sweep("smoke", ["breakout"], tmp_path, max_agents=4, progress=False)
     assert all(sd.load_run(tmp_path, *run) is not None for run in runs)
 
+
+def test_a_live_study_notebook_refuses_to_train_and_the_committed_study_is_whole(tmp_path):
+    sys.path.insert(0, str(Path(sd.__file__).parent / "notebooks"))
+    import companion as bk
+
+    chapter = bk.Chapter("03_frozen", "study", str(tmp_path))
+    with pytest.raises(RuntimeError, match="runs of profile study are missing") as err:
+        chapter.runs(["spatial"], ["frozen"])
+    assert str(err.value) == sd.missing_runs("study", tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing trained, nothing written
+    # `make book` renders results/study by default: every run of the profile is committed there
+    assert sd.missing_runs("study", Path(sd.__file__).parent / "results" / "study") is None

@@ -1,6 +1,6 @@
 """Build the book: run every notebook with papermill, then compile it with Jupyter Book.
 
-    python tools/build_book.py --profile quick
+    python tools/build_book.py --profile study
 
 Each notebook runs into a staging folder and is copied into `executed/` only when papermill
 succeeded; a failing notebook stops the build with that cell's error, so no error page is ever
@@ -119,7 +119,7 @@ def build_config(root: Path, profile: str, offline: bool) -> Path:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default="quick", help="one of " + ", ".join(sd.PROFILES))
+    parser.add_argument("--profile", default="study", help="one of " + ", ".join(sd.PROFILES))
     parser.add_argument("--root", type=Path, default=ROOT,
                         help="where the book is assembled, its results stored and built (default: the repo)")
     parser.add_argument("--source", type=Path, default=ROOT,
