@@ -763,6 +763,7 @@ def _cpu_id() -> str:
     return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:10]
 
 
+@functools.lru_cache(maxsize=None)
 def _cpu_name() -> str:
     """This processor's model, family and model number and _cpu_id (its flags): MKL's larger
     matmuls (dense, L1 and CNN layers) round differently from one processor type to another."""
@@ -1757,7 +1758,7 @@ def _stored_under_another_version(results_dir: str | Path, cfg: Config, seed: in
 
 def missing_runs(profile: str, results_dir: str | Path) -> str | None:
     """None if results_dir holds every run of the profile; else one line naming what is missing
-    (and whether it is stale: stored under another algorithm version or configuration) and the
+    (and whether it is stale: its config stored under another algorithm version) and the
     command that makes it."""
     runs = profile_runs(profile)
     missing = [(c, s) for c, s in runs if not result_path(results_dir, c, s).exists()]
@@ -1766,7 +1767,7 @@ def missing_runs(profile: str, results_dir: str | Path) -> str | None:
     stale = sum(1 for c, s in missing if _stored_under_another_version(results_dir, c, s))
     first = result_path(results_dir, *missing[0]).relative_to(results_dir)
     return (f"{len(missing)} of {len(runs)} runs of profile {profile} are missing from {results_dir}"
-            + (f" ({stale} stored under another algorithm version or configuration)" if stale else "")
+            + (f" ({stale} stored under another algorithm version)" if stale else "")
             + f", e.g. {first}; make them with: python sparse_dqn.py sweep --profile {profile} --out {results_dir}")
 
 
@@ -1867,13 +1868,13 @@ def sweep(profile: str, envs: Sequence[str], results_dir: str | Path, max_agents
               f"{len(populations)} populations ({steps:,} agent-steps)")
         rates, total = {}, 0.0
         for i, pop in enumerate(populations):
-            kinds = sorted({f"{c.arch}/{c.regime}" for c, _ in pop})
-            shape = (pop[0][0].env, len(pop), tuple(sorted(f"{c.arch}/{c.regime}" for c, _ in pop)))
+            members = tuple(sorted(f"{c.arch}/{c.regime}" for c, _ in pop))
+            shape = (pop[0][0].env, members)
             if shape not in rates:  # populations differ many times over in speed: each shape is timed
                 rates[shape] = measured_rate(pop)
             seconds = sum(c.frames for c, _ in pop) / rates[shape]
             total += seconds
-            print(f"  population {i}: {pop[0][0].env}, {len(pop)} agents: {', '.join(kinds)}; measured "
+            print(f"  population {i}: {pop[0][0].env}, {len(pop)} agents: {', '.join(sorted(set(members)))}; measured "
                   f"{rates[shape]:,.0f} agent-steps/s, about {_duration(seconds)}", flush=True)
         if populations:
             print(f"about {_duration(total)} on this machine for one sweep; sweeps sharing the results "
