@@ -789,14 +789,23 @@ class SparsePlan:
     pattern: torch.Tensor | None  # sparse CSR (N * units, N * inputs): where the weight gradient lives
     inputs: int
     inverse: tuple | None = None  # for the C++ kernels: per agent, the mask read by input
-    by_unit: tuple | None = None  # for the C++ forward: each unit's inputs sorted, and their weights
+    by_unit: tuple | None = None  # for the C++ forward: each unit's inputs sorted, their weights, its group
     index: torch.Tensor | None = None  # (N, units, k), for the masked-dense layout alone
     dense: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)  # see _scatter_dense
 
 
+def _alike(index: torch.Tensor) -> torch.Tensor:
+    """index (N, units, k), or its first agent's alone (1, units, k) where all agents' masks are
+    alike (spatial masks are the same for every seed): the kernels then read one copy of the
+    tables made from it, which stays in cache, instead of one per agent."""
+    return index[:1] if len(index) > 1 and bool((index == index[:1]).all()) else index
+
+
 def _inverse(index: torch.Tensor, inputs: int) -> tuple:
     """(ptr (N, inputs + 1), flat (N, units * k), unit (N, units * k)) as int32: the entries of
-    input i of agent n are flat[n, ptr[n, i]:ptr[n, i + 1]], weights of units unit[n, ...]."""
+    input i of agent n are flat[n, ptr[n, i]:ptr[n, i + 1]], weights of units unit[n, ...]. N is
+    1 for masks all alike (_alike)."""
+    index = _alike(index)
     n, u, k = index.shape
     by_input = torch.argsort(index.reshape(n, u * k), dim=1, stable=True)
     counts = torch.zeros(n, inputs, dtype=torch.long).scatter_add_(1, index.reshape(n, u * k),
@@ -805,13 +814,36 @@ def _inverse(index: torch.Tensor, inputs: int) -> tuple:
     return tuple(t.to(torch.int32).contiguous() for t in (ptr, by_input, by_input // k))
 
 
+# sparse_kernels.cpp's kChunk: units of a group summed together, each input column loaded once.
+_UNIT_CHUNK = 6
+
+
 def _by_unit(index: torch.Tensor) -> tuple:
-    """(inputs (N, units * k), flat (N, units * k)) as int32: each unit's inputs in ascending order
-    (ties in mask order) and the positions of their weights in the agent's (units * k) row."""
+    """(inputs (N, units * k), flat (N, units * k), members (N, units), group_start (N, units + 1),
+    groups (N,)) as int32. The units grouped by the inputs they read: group g of agent n is
+    members[n, group_start[n, g]:group_start[n, g + 1]], for g below groups[n]. Row i of inputs
+    and flat (k entries) are unit members[n, i]'s inputs in ascending order (ties in mask order)
+    and the positions of their weights in the agent's (units * k) row. N is 1 for masks all alike
+    (_alike)."""
+    index = _alike(index)
     n, u, k = index.shape
     inputs, order = torch.sort(index, dim=2, stable=True)
     flat = order + torch.arange(u).view(1, u, 1) * k
-    return tuple(t.reshape(n, u * k).to(torch.int32).contiguous() for t in (inputs, flat))
+    agent = torch.arange(n).view(n, 1, 1).expand(n, u, 1)
+    group = torch.unique(torch.cat([agent, inputs], 2).reshape(n * u, k + 1), dim=0, return_inverse=True)[1]
+    group = group.view(n, u)
+    if len(torch.unique(group)) * _UNIT_CHUNK > n * u:  # groups of under a chunk: visited so, their
+        group = torch.arange(u).expand(n, u)  # rows lie scattered in memory; unit by unit streams
+    members = torch.argsort(group, dim=1, stable=True)
+    grouped = group.gather(1, members)
+    first = torch.ones(n, u, dtype=torch.bool)
+    first[:, 1:] = grouped[:, 1:] != grouped[:, :-1]
+    starts = torch.where(first, torch.arange(u), u).sort(dim=1).values
+    group_start = torch.cat([starts, torch.full((n, 1), u)], 1)
+    rows = members.unsqueeze(2).expand(n, u, k)
+    return tuple(t.to(torch.int32).contiguous() for t in (inputs.gather(1, rows).reshape(n, u * k),
+                                                          flat.gather(1, rows).reshape(n, u * k),
+                                                          members, group_start, first.sum(1)))
 
 
 def sparse_plan(index: torch.Tensor, inputs: int, masked_dense: bool | None = None) -> SparsePlan:
@@ -917,10 +949,7 @@ class _SparseReluCpp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, plan):
-        n, u, k = weight.shape
-        xt = x.transpose(1, 2).contiguous()  # (N, inputs, B)
-        flat_w = weight.reshape(n, u * k).contiguous()
-        out = _kernels().sparse_forward(xt, flat_w, bias.contiguous(), *plan.inverse, *plan.by_unit)
+        xt, flat_w, out = _sparse_relu_forward(x, weight, bias, plan)
         ctx.save_for_backward(xt, flat_w, out)
         ctx.plan, ctx.shape = plan, weight.shape
         return out
@@ -929,14 +958,62 @@ class _SparseReluCpp(torch.autograd.Function):
     def backward(ctx, grad_out):
         xt, flat_w, out = ctx.saved_tensors
         grad = _kernels().relu_grad(out, grad_out)  # (N, units, B), through the ReLU
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[1]:
-            grad_w = _kernels().sparse_grad_weight(grad, xt, *ctx.plan.inverse, flat_w.shape[1]).view(ctx.shape)
-        if ctx.needs_input_grad[2]:
-            grad_b = grad.sum(2)
-        if ctx.needs_input_grad[0]:
-            grad_x = _kernels().sparse_grad_input(grad, flat_w, *ctx.plan.inverse, xt.shape[1]).transpose(1, 2)
-        return grad_x, grad_w, grad_b, None
+        return *_sparse_grads(ctx, grad, xt, flat_w, ctx.needs_input_grad[:3]), None
+
+
+class _SparseQCpp(torch.autograd.Function):
+    """The sparse network's Q-values, _SparseReluCpp's layer then the head, for the update's batch.
+    The head is what torch.baddbmm computes on the layer's units-major output seen transposed, as
+    q_values hands it over elsewhere, and in MKL's order of sums for that layout (head_forward), so
+    the same bits: MKL runs that layout at a tenth of the speed of its others. Backward takes the
+    head's input gradient through the ReLU in one pass (head_relu_grad, again MKL's order) and its
+    weight gradient as the product autograd would make gives it (head_grad_weight, MKL's order for
+    the DQN's batch of 32, 6 actions and an even number of units; torch.bmm itself otherwise)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, head_w, head_b, plan):
+        xt, flat_w, out = _sparse_relu_forward(x, weight, bias, plan)
+        ctx.save_for_backward(xt, flat_w, out, head_w)
+        ctx.plan, ctx.shape = plan, weight.shape
+        return _kernels().head_forward(out, head_w, head_b)
+
+    @staticmethod
+    def backward(ctx, grad_q):
+        xt, flat_w, out, head_w = ctx.saved_tensors
+        needs = ctx.needs_input_grad
+        grad_head_w = None
+        if needs[3]:
+            n, units, batch = out.shape
+            if batch == 32 and grad_q.shape[2] == 6 and units % 2 == 0 and units >= 16 and grad_q.is_contiguous():
+                grad_head_w = _kernels().head_grad_weight(out, grad_q)  # MKL's order for these shapes
+            else:
+                grad_head_w = torch.bmm(out, grad_q).transpose(1, 2)
+        grad_head_b = grad_q.sum(1) if needs[4] else None
+        grads = (None, None, None)
+        if any(needs[:3]):
+            grads = _sparse_grads(ctx, _kernels().head_relu_grad(out, grad_q, head_w), xt, flat_w, needs[:3])
+        return *grads, grad_head_w, grad_head_b, None
+
+
+def _sparse_relu_forward(x, weight, bias, plan):
+    """(x transposed (N, inputs, B), the weights flat (N, units * k), relu(layer) (N, units, B))."""
+    n, u, k = weight.shape
+    xt = x.transpose(1, 2).contiguous()
+    flat_w = weight.reshape(n, u * k).contiguous()
+    return xt, flat_w, _kernels().sparse_forward(xt, flat_w, bias.contiguous(), *plan.inverse, *plan.by_unit)
+
+
+def _sparse_grads(ctx, grad, xt, flat_w, needs):
+    """Gradients of the C++ sparse layer's input, weights and bias from grad (N, units, B) taken
+    through its ReLU."""
+    grad_x = grad_w = grad_b = None
+    if needs[1]:
+        grad_w = _kernels().sparse_grad_weight(grad, xt, *ctx.plan.inverse, flat_w.shape[1]).view(ctx.shape)
+    if needs[2]:
+        grad_b = grad.sum(2)
+    if needs[0]:
+        grad_x = _kernels().sparse_grad_input(grad, flat_w, *ctx.plan.inverse, xt.shape[1]).transpose(1, 2)
+    return grad_x, grad_w, grad_b
 
 
 def sparse_linear(x: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor | SparsePlan) -> torch.Tensor:
@@ -1007,6 +1084,11 @@ def batched_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) ->
     return _BatchedLinear.apply(x, weight, bias)
 
 
+# The smallest batch that takes the C++ head: from 16 samples on, MKL's baddbmm adds the head's
+# sums in the order head_forward does (tests/test_network.py); acting's batch of one goes to MKL.
+HEAD_CPP_BATCH = 16
+
+
 def q_values(params: dict[str, torch.Tensor], x: torch.Tensor, plan: SparsePlan | None = None) -> torch.Tensor:
     """Q-values (N, B, actions) of a population's networks on observations x (N, B, inputs);
     plan, when given, is sparse_plan(params["index"], inputs), saved from an earlier call."""
@@ -1018,8 +1100,11 @@ def q_values(params: dict[str, torch.Tensor], x: torch.Tensor, plan: SparsePlan 
         feats = F.relu(conv).view(b, n, -1).transpose(0, 1)  # (N, B, 1024)
         hidden = F.relu(batched_linear(feats, params["fc_w"], params["fc_b"]))
     elif "index" in params:
-        hidden = sparse_relu_layer(x, params["hidden_w"], params["hidden_b"],
-                                   plan or params["index"]).transpose(1, 2)  # (N, B, units)
+        plan = plan or sparse_plan(params["index"], x.shape[2])
+        if plan.inverse is not None and x.shape[1] >= HEAD_CPP_BATCH and x.dtype == params["hidden_w"].dtype == torch.float32:
+            return _SparseQCpp.apply(x, params["hidden_w"], params["hidden_b"], params["head_w"],
+                                     params["head_b"], plan)
+        hidden = sparse_relu_layer(x, params["hidden_w"], params["hidden_b"], plan).transpose(1, 2)  # (N, B, units)
     else:  # a fully connected layer (dense, learned L1): one matmul beats any gather
         hidden = F.relu(batched_linear(x, params["hidden_w"], params["hidden_b"]))
     # (N, B, units) @ (N, units, A): of the bmm layouts, the one whose per-agent results do not

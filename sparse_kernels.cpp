@@ -29,10 +29,19 @@ struct FlushDenormals {
 #endif
 };
 
+// The masks read by input, one set per agent or, where the masks of all agents are alike (spatial
+// masks are the same for every seed), one set for all: the population then reads one copy, which
+// stays in cache, instead of one per agent.
 struct Inverse {
-  const int32_t* ptr;   // (N, D + 1): entries of input i are ptr[i] .. ptr[i + 1]
-  const int32_t* flat;  // (N, U * K): index into the agent's weight matrix
-  const int32_t* unit;  // (N, U * K): the unit of that weight
+  const int32_t* ptr;   // (N or 1, D + 1): entries of input i are ptr[i] .. ptr[i + 1]
+  const int32_t* flat;  // (N or 1, U * K): index into the agent's weight matrix
+  const int32_t* unit;  // (N or 1, U * K): the unit of that weight
+  int64_t each;         // 1 with a set per agent, 0 with one for all
+  Inverse(const torch::Tensor& p, const torch::Tensor& f, const torch::Tensor& u)
+      : ptr(p.data_ptr<int32_t>()), flat(f.data_ptr<int32_t>()), unit(u.data_ptr<int32_t>()), each(p.size(0) > 1) {}
+  const int32_t* ptr_of(int64_t n, int64_t D) const { return ptr + n * each * (D + 1); }
+  const int32_t* flat_of(int64_t n, int64_t E) const { return flat + n * each * E; }
+  const int32_t* unit_of(int64_t n, int64_t E) const { return unit + n * each * E; }
 };
 
 }  // namespace
@@ -75,31 +84,59 @@ typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
 // zero +0: the same bits either way, so the choice is only one of speed (by_unit_is_cheaper).
 constexpr int64_t kByUnit = 32;
 
-template <int64_t kB>  // the batch, whole vectors of kLanes
-static void forward_by_unit(const float* __restrict__ x, const float* __restrict__ w, const float* bias,
-                            const int32_t* by_input, const int32_t* by_flat, int64_t j0, int64_t j1, int64_t K,
-                            float* __restrict__ out) {
+// Units come in groups that read the same inputs: spatial masks give every location's 3 x 3 patch
+// to 12 units, random and predictive masks each neighbourhood to the units of its centre. The
+// units are visited group by group (members, group g's first at group_start[g]), and by_input and
+// by_flat hold their rows in that order, so that they stream through memory. Up to kChunk units
+// of a group are summed together: each input column is loaded once for all of them, and their
+// 2 * kChunk independent sums keep the multiply-adders busy.
+constexpr int kChunk = 6;
+
+template <int64_t kB, int kM>  // the batch, whole vectors of kLanes; the units summed together
+static void forward_chunk(const float* __restrict__ x, const float* __restrict__ w, const float* bias,
+                          const int32_t* inputs, const int32_t* flat, const int32_t* units, int64_t K,
+                          float* __restrict__ out) {
   constexpr int64_t kV = kB / kLanes;
-  for (int64_t j = j0; j < j1; ++j) {
-    Vec acc[kV];
-    for (int64_t v = 0; v < kV; ++v) acc[v] = Vec{} + bias[j];
-    for (int64_t e = j * K; e < (j + 1) * K; ++e) {
-      const float we = w[by_flat[e]];
-      const float* column = x + int64_t(by_input[e]) * kB;
-      for (int64_t v = 0; v < kV; ++v) {
-        Vec c;
-        std::memcpy(&c, column + v * kLanes, sizeof c);
-        acc[v] += we * c;
-      }
-    }
-    for (int64_t v = 0; v < kV; ++v) {
-      const Vec r = acc[v] > 0.f ? acc[v] : Vec{};
-      std::memcpy(out + j * kB + v * kLanes, &r, sizeof r);
+  Vec acc[kM][kV];
+  for (int m = 0; m < kM; ++m)
+    for (int64_t v = 0; v < kV; ++v) acc[m][v] = Vec{} + bias[units[m]];
+  for (int64_t e = 0; e < K; ++e) {
+    const float* column = x + int64_t(inputs[e]) * kB;
+    Vec c[kV];
+    for (int64_t v = 0; v < kV; ++v) std::memcpy(&c[v], column + v * kLanes, sizeof c[v]);
+    for (int m = 0; m < kM; ++m) {
+      const float we = w[flat[m * K + e]];
+      for (int64_t v = 0; v < kV; ++v) acc[m][v] += we * c[v];
     }
   }
+  for (int m = 0; m < kM; ++m)
+    for (int64_t v = 0; v < kV; ++v) {
+      const Vec r = acc[m][v] > 0.f ? acc[m][v] : Vec{};
+      std::memcpy(out + int64_t(units[m]) * kB + v * kLanes, &r, sizeof r);
+    }
 }
 
-// Whether summing unit by unit is the cheaper way for one agent's batch (x (D, B)). By unit, every
+template <int64_t kB>
+static void forward_by_unit(const float* x, const float* w, const float* bias, const int32_t* by_input,
+                            const int32_t* by_flat, const int32_t* members, const int32_t* group_start,
+                            int64_t g0, int64_t g1, int64_t K, float* out) {
+  for (int64_t g = g0; g < g1; ++g)
+    for (int32_t i = group_start[g]; i < group_start[g + 1]; i += kChunk) {
+      const int32_t *inputs = by_input + int64_t(i) * K, *flat = by_flat + int64_t(i) * K, *units = members + i;
+      switch (std::min<int32_t>(kChunk, group_start[g + 1] - i)) {
+        case 6: forward_chunk<kB, 6>(x, w, bias, inputs, flat, units, K, out); break;
+        case 5: forward_chunk<kB, 5>(x, w, bias, inputs, flat, units, K, out); break;
+        case 4: forward_chunk<kB, 4>(x, w, bias, inputs, flat, units, K, out); break;
+        case 3: forward_chunk<kB, 3>(x, w, bias, inputs, flat, units, K, out); break;
+        case 2: forward_chunk<kB, 2>(x, w, bias, inputs, flat, units, K, out); break;
+        default: forward_chunk<kB, 1>(x, w, bias, inputs, flat, units, K, out);
+      }
+    }
+}
+
+// Whether summing unit by unit is the cheaper way for one agent's batch (x (D, B)), for units not
+// grouped (in groups of kChunk, as spatial masks' are, it is cheaper on MinAtar's observations at
+// any population size, and deciding costs a pass over x: benchmarks/forward_paths.py). By unit, every
 // entry of the mask costs one pass over the lanes. By input, an input off in every sample costs
 // nothing, one on in a few samples a few scalar adds per entry, and one on in more about six
 // passes over the lanes per entry: each reads and writes its unit's row (benchmarks/kernels.py).
@@ -114,10 +151,11 @@ static bool by_unit_is_cheaper(const float* x, const int32_t* ptr, int64_t D, in
 }
 
 // xt (N, D, B), weight (N, U * K), bias (N, U) -> relu(pre-activation + bias), (N, U, B).
-// Pieces of an agent are ranges of the batch's lanes, or of its units when they are summed by
-// unit: they write disjoint parts of out.
+// Pieces of an agent are ranges of the batch's lanes, or of its groups of units when they are
+// summed by unit: they write disjoint parts of out.
 torch::Tensor sparse_forward(torch::Tensor xt, torch::Tensor weight, torch::Tensor bias, torch::Tensor ptr,
                              torch::Tensor flat, torch::Tensor unit, torch::Tensor by_input, torch::Tensor by_flat,
+                             torch::Tensor members, torch::Tensor group_start, torch::Tensor groups,
                              int64_t by_unit = -1) {  // 1 or 0 forces a way (the tests compare them), -1 chooses
   const int64_t N = xt.size(0), D = xt.size(1), B = xt.size(2), E = weight.size(1), U = bias.size(1);
   auto out = torch::empty({N, U, B}, xt.options());
@@ -125,14 +163,19 @@ torch::Tensor sparse_forward(torch::Tensor xt, torch::Tensor weight, torch::Tens
   const float* wp = weight.data_ptr<float>();
   const float* bp = bias.data_ptr<float>();
   float* op = out.data_ptr<float>();
-  Inverse inv{ptr.data_ptr<int32_t>(), flat.data_ptr<int32_t>(), unit.data_ptr<int32_t>()};
+  const Inverse inv(ptr, flat, unit);
   const int32_t* bi = by_input.data_ptr<int32_t>();
   const int32_t* bf = by_flat.data_ptr<int32_t>();
+  const int32_t* mp = members.data_ptr<int32_t>();
+  const int32_t* gs = group_start.data_ptr<int32_t>();
+  const int32_t* gc = groups.data_ptr<int32_t>();
+  const int64_t own_groups = groups.size(0) > 1;  // else one set for all agents (masks alike: spatial)
   std::vector<char> unit_wise(N, B == kByUnit && by_unit == 1);  // decided once per agent, for all its pieces
   if (B == kByUnit && by_unit == -1)
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n)
-        unit_wise[n] = by_unit_is_cheaper(xp + n * D * B, inv.ptr + n * (D + 1), D, B, E);
+        unit_wise[n] = gc[n * own_groups] * kChunk <= U  // in groups a chunk long: by unit, always
+                       || by_unit_is_cheaper(xp + n * D * B, inv.ptr_of(n, D), D, B, E);
     });
   const int64_t parts = std::min(parts_per_agent(N), B);
   at::parallel_for(0, N * parts, 1, [&](int64_t begin, int64_t end) {
@@ -140,15 +183,17 @@ torch::Tensor sparse_forward(torch::Tensor xt, torch::Tensor weight, torch::Tens
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / parts, part = item % parts;
       if (unit_wise[n]) {
-        forward_by_unit<kByUnit>(xp + n * D * B, wp + n * E, bp + n * U, bi + n * E, bf + n * E,
-                                 U * part / parts, U * (part + 1) / parts, E / U, op + n * U * B);
+        const int64_t m = n * own_groups;
+        forward_by_unit<kByUnit>(xp + n * D * B, wp + n * E, bp + n * U, bi + m * E, bf + m * E, mp + m * U,
+                                 gs + m * (U + 1), gc[m] * part / parts, gc[m] * (part + 1) / parts, E / U,
+                                 op + n * U * B);
         continue;
       }
       const int64_t b0 = B * part / parts, width = B * (part + 1) / parts - b0;
       const float* w = wp + n * E;
-      const int32_t* p = inv.ptr + n * (D + 1);
-      const int32_t* f = inv.flat + n * E;
-      const int32_t* u = inv.unit + n * E;
+      const int32_t* p = inv.ptr_of(n, D);
+      const int32_t* f = inv.flat_of(n, E);
+      const int32_t* u = inv.unit_of(n, E);
       float* o = op + n * U * B + b0;
       for (int64_t j = 0; j < U; ++j) {
         const float bj = bp[n * U + j];
@@ -196,7 +241,7 @@ torch::Tensor sparse_grad_weight(torch::Tensor grad, torch::Tensor xt, torch::Te
   const float* xp = xt.data_ptr<float>();
   const float* gp = grad.data_ptr<float>();
   float* wp = gw.data_ptr<float>();
-  Inverse inv{ptr.data_ptr<int32_t>(), flat.data_ptr<int32_t>(), unit.data_ptr<int32_t>()};
+  const Inverse inv(ptr, flat, unit);
   const int64_t parts = std::min(parts_per_agent(N), D);
   at::parallel_for(0, N * parts, 1, [&](int64_t begin, int64_t end) {
     FlushDenormals flush;
@@ -204,9 +249,9 @@ torch::Tensor sparse_grad_weight(torch::Tensor grad, torch::Tensor xt, torch::Te
     std::vector<int32_t> lanes(B);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / parts, part = item % parts;
-      const int32_t* p = inv.ptr + n * (D + 1);
-      const int32_t* f = inv.flat + n * entries;
-      const int32_t* u = inv.unit + n * entries;
+      const int32_t* p = inv.ptr_of(n, D);
+      const int32_t* f = inv.flat_of(n, entries);
+      const int32_t* u = inv.unit_of(n, entries);
       const float* g = gp + n * U * B;
       float* w = wp + n * entries;
       int32_t at[kFew];
@@ -295,14 +340,14 @@ torch::Tensor sparse_grad_input(torch::Tensor grad, torch::Tensor weight, torch:
   const float* gp = grad.data_ptr<float>();
   const float* wp = weight.data_ptr<float>();
   float* xp = gx.data_ptr<float>();
-  Inverse inv{ptr.data_ptr<int32_t>(), flat.data_ptr<int32_t>(), unit.data_ptr<int32_t>()};
+  const Inverse inv(ptr, flat, unit);
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     FlushDenormals flush;
     for (int64_t n = begin; n < end; ++n) {
       const float* w = wp + n * E;
-      const int32_t* p = inv.ptr + n * (inputs + 1);
-      const int32_t* f = inv.flat + n * E;
-      const int32_t* u = inv.unit + n * E;
+      const int32_t* p = inv.ptr_of(n, inputs);
+      const int32_t* f = inv.flat_of(n, E);
+      const int32_t* u = inv.unit_of(n, E);
       for (int64_t i = 0; i < inputs; ++i) {
         float* x = xp + (n * inputs + i) * B;
         for (int32_t e = p[i]; e < p[i + 1]; ++e) {
@@ -314,6 +359,218 @@ torch::Tensor sparse_grad_input(torch::Tensor grad, torch::Tensor weight, torch:
     }
   });
   return gx;
+}
+
+// The Q head on the sparse layer's units-major output: h (N, U, B), weight (N, A, U), bias (N, A)
+// -> q (N, B, A). Training computes it as torch.baddbmm(bias, h.transpose(1, 2), weight.T), which
+// MKL runs at a few GFLOP/s in that layout; these sums are added in MKL's order for it, so they
+// give its bits (tests/test_network.py): each product rounded on its own, no fused multiply-add,
+// added in unit order from zero, the bias last. Whole vectors of the batch at a time, every action
+// in registers: 9x MKL's speed for 64 agents at a batch of 32 (benchmarks/head_layout.py).
+// GCC's default -ffp-contract=fast would fuse the multiply and the add, and the function-level
+// switch below does not reach into a lambda, so the sums live in a function of their own.
+constexpr int64_t kMaxActions = 8;
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+static void head_forward_agent(const float* __restrict__ h, const float* __restrict__ w, const float* bias,
+                               int64_t U, int64_t B, int64_t A, float* __restrict__ q) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+  int64_t b0 = 0;
+  for (; b0 + kLanes <= B; b0 += kLanes) {
+    Vec acc[kMaxActions] = {};
+    for (int64_t u = 0; u < U; ++u) {
+      Vec x;
+      std::memcpy(&x, h + u * B + b0, sizeof x);
+      for (int64_t a = 0; a < A; ++a) {
+        const Vec product = x * w[a * U + u];
+        acc[a] = acc[a] + product;
+      }
+    }
+    for (int64_t l = 0; l < kLanes; ++l)
+      for (int64_t a = 0; a < A; ++a) q[(b0 + l) * A + a] = acc[a][l] + bias[a];
+  }
+  for (; b0 < B; ++b0)
+    for (int64_t a = 0; a < A; ++a) {
+      float acc = 0.f;
+      for (int64_t u = 0; u < U; ++u) {
+        const float product = h[u * B + b0] * w[a * U + u];
+        acc = acc + product;
+      }
+      q[b0 * A + a] = acc + bias[a];
+    }
+}
+#pragma GCC pop_options
+
+torch::Tensor head_forward(torch::Tensor h, torch::Tensor weight, torch::Tensor bias) {
+  const int64_t N = h.size(0), U = h.size(1), B = h.size(2), A = weight.size(1);
+  TORCH_CHECK(h.is_contiguous() && weight.is_contiguous() && bias.is_contiguous() && A <= kMaxActions &&
+              weight.size(2) == U, "head_forward: h (N, U, B), weight (N, A <= 8, U), bias (N, A), contiguous");
+  auto q = torch::empty({N, B, A}, h.options());
+  const float* hp = h.data_ptr<float>();
+  const float* wp = weight.data_ptr<float>();
+  const float* bp = bias.data_ptr<float>();
+  float* qp = q.data_ptr<float>();
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n)  // denormals kept, as MKL keeps them
+      head_forward_agent(hp + n * U * B, wp + n * A * U, bp + n * A, U, B, A, qp + n * B * A);
+  });
+  return q;
+}
+
+// The head's gradient through the ReLU to the sparse layer's pre-activations: where out (N, U, B)
+// is positive, grad (N, B, A) @ weight (N, A, U), written units-major; elsewhere 0. Autograd's
+// bmm for it gives MKL's order, one fused multiply-add per action in action order from zero,
+// which std::fma reproduces; relu_grad then applied the mask. In one pass, MKL's (N, B, U)
+// product is never written and read back across its stride.
+static void head_relu_grad_agent(const float* __restrict__ g, const float* __restrict__ w,
+                                 const float* __restrict__ out, int64_t U, int64_t B, int64_t A,
+                                 float* __restrict__ acc, float* __restrict__ r) {
+  for (int64_t u = 0; u < U; ++u) {
+    for (int64_t b = 0; b < B; ++b) acc[b] = 0.f;
+    for (int64_t a = 0; a < A; ++a) {
+      const float wa = w[a * U + u];
+      const float* ga = g + a * B;
+      for (int64_t b = 0; b < B; ++b) acc[b] = std::fma(ga[b], wa, acc[b]);
+    }
+    const float* o = out + u * B;
+    float* ru = r + u * B;
+    for (int64_t b = 0; b < B; ++b) ru[b] = o[b] > 0.f ? acc[b] : 0.f;
+  }
+}
+
+torch::Tensor head_relu_grad(torch::Tensor out, torch::Tensor grad, torch::Tensor weight) {
+  const int64_t N = out.size(0), U = out.size(1), B = out.size(2), A = grad.size(2);
+  TORCH_CHECK(out.is_contiguous() && weight.is_contiguous() && grad.size(1) == B && weight.size(1) == A &&
+              weight.size(2) == U, "head_relu_grad: out (N, U, B), grad (N, B, A), weight (N, A, U)");
+  auto by_action = grad.transpose(1, 2).contiguous();  // (N, A, B): each action's column of the batch
+  auto result = torch::empty_like(out);
+  const float* gp = by_action.data_ptr<float>();
+  const float* wp = weight.data_ptr<float>();
+  const float* op = out.data_ptr<float>();
+  float* rp = result.data_ptr<float>();
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(B);
+    for (int64_t n = begin; n < end; ++n)
+      head_relu_grad_agent(gp + n * A * B, wp + n * A * U, op + n * U * B, U, B, A, acc.data(), rp + n * U * B);
+  });
+  return result;
+}
+
+// The head's weight gradient, out (N, U, B) of the ReLU and the Q-values' gradient grad (N, B, A)
+// -> (N, A, U): the product autograd makes, out @ grad, in the order of sums MKL takes for it at
+// the DQN's batch of 32 and MinAtar's 6 actions (tests/test_network.py), which is not one order:
+// each product rounded on its own and added in batch order from zero, except for actions 0 and 1
+// of odd units, whose batch comes in eights, the first four added in turn and the last four summed
+// on their own first. Units 16 at a time: their rows transposed in registers, so that a vector
+// holds one sample of 16 units. MKL takes 5x longer (benchmarks/head_layout.py).
+constexpr int64_t kHeadBatch = 32, kHeadActions = 6;
+
+static inline void transpose16(Vec* r) {  // r[0..15], rows of 16 floats, transposed in place
+  for (int h = 8; h >= 1; h /= 2) {
+    typedef int Mask __attribute__((vector_size(kLanes * sizeof(int))));
+    Mask low, high;
+    for (int j = 0; j < kLanes; ++j) {
+      low[j] = (j & h) ? kLanes + j - h : j;
+      high[j] = (j & h) ? kLanes + j : j + h;
+    }
+    for (int i = 0; i < kLanes; ++i)
+      if (!(i & h)) {
+        const Vec a = r[i], b = r[i + h];
+        r[i] = __builtin_shuffle(a, b, low);
+        r[i + h] = __builtin_shuffle(a, b, high);
+      }
+  }
+}
+
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+static void head_grad_weight_agent(const float* __restrict__ out, const float* __restrict__ g, int64_t U,
+                                   float* __restrict__ gw) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+  static_assert(kHeadBatch == 2 * kLanes, "a unit's row of the batch is two vectors");
+  Vec odd_lanes;
+  for (int j = 0; j < kLanes; ++j) odd_lanes[j] = float(j & 1);
+  int64_t u0 = 0;
+  for (; u0 + kLanes <= U; u0 += kLanes) {
+    Vec rows[2][kLanes];  // samples 0-15 and 16-31 of units u0..u0+15, then transposed: by sample
+    for (int64_t i = 0; i < kLanes; ++i)
+      for (int half = 0; half < 2; ++half) std::memcpy(&rows[half][i], out + (u0 + i) * kHeadBatch + half * kLanes, sizeof(Vec));
+    transpose16(rows[0]);
+    transpose16(rows[1]);
+    const Vec* sample[kHeadBatch];
+    for (int64_t b = 0; b < kHeadBatch; ++b) sample[b] = &rows[b / kLanes][b % kLanes];
+    for (int64_t a = 0; a < kHeadActions; ++a) {
+      Vec acc = Vec{};
+      for (int64_t b = 0; b < kHeadBatch; ++b) {
+        const Vec product = *sample[b] * g[b * kHeadActions + a];
+        acc = acc + product;
+      }
+      if (a < 2) {  // the odd units' order
+        Vec eights = Vec{};
+        for (int64_t b0 = 0; b0 < kHeadBatch; b0 += 8) {
+          for (int64_t b = b0; b < b0 + 4; ++b) {
+            const Vec product = *sample[b] * g[b * kHeadActions + a];
+            eights = eights + product;
+          }
+          Vec last = *sample[b0 + 4] * g[(b0 + 4) * kHeadActions + a];
+          for (int64_t b = b0 + 5; b < b0 + 8; ++b) {
+            const Vec product = *sample[b] * g[b * kHeadActions + a];
+            last = last + product;
+          }
+          eights = eights + last;
+        }
+        acc = odd_lanes != 0.f ? eights : acc;
+      }
+      std::memcpy(gw + a * U + u0, &acc, sizeof acc);
+    }
+  }
+  for (; u0 < U; ++u0)
+    for (int64_t a = 0; a < kHeadActions; ++a) {
+      const float* row = out + u0 * kHeadBatch;
+      float acc = 0.f;
+      if ((u0 & 1) && a < 2) {
+        for (int64_t b0 = 0; b0 < kHeadBatch; b0 += 8) {
+          for (int64_t b = b0; b < b0 + 4; ++b) {
+            const float product = row[b] * g[b * kHeadActions + a];
+            acc = acc + product;
+          }
+          float last = row[b0 + 4] * g[(b0 + 4) * kHeadActions + a];
+          for (int64_t b = b0 + 5; b < b0 + 8; ++b) {
+            const float product = row[b] * g[b * kHeadActions + a];
+            last = last + product;
+          }
+          acc = acc + last;
+        }
+      } else {
+        for (int64_t b = 0; b < kHeadBatch; ++b) {
+          const float product = row[b] * g[b * kHeadActions + a];
+          acc = acc + product;
+        }
+      }
+      gw[a * U + u0] = acc;
+    }
+}
+#pragma GCC pop_options
+
+torch::Tensor head_grad_weight(torch::Tensor out, torch::Tensor grad) {
+  const int64_t N = out.size(0), U = out.size(1);
+  TORCH_CHECK(out.is_contiguous() && grad.is_contiguous() && out.size(2) == kHeadBatch &&
+              grad.size(1) == kHeadBatch && grad.size(2) == kHeadActions,
+              "head_grad_weight: out (N, U, 32) and grad (N, 32, 6), contiguous");
+  auto gw = torch::empty({N, kHeadActions, U}, out.options());
+  const float* op = out.data_ptr<float>();
+  const float* gp = grad.data_ptr<float>();
+  float* wp = gw.data_ptr<float>();
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t n = begin; n < end; ++n)  // denormals kept, as MKL keeps them
+      head_grad_weight_agent(op + n * U * kHeadBatch, gp + n * kHeadBatch * kHeadActions, U,
+                             wp + n * kHeadActions * U);
+  });
+  return gw;
 }
 
 // One step of centred RMSprop (momentum 0) in a single pass over memory, the variance clamped at
@@ -640,10 +897,14 @@ std::vector<torch::Tensor> replay_sample(torch::Tensor obs, torch::Tensor next_o
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_forward", &sparse_forward, py::arg("xt"), py::arg("weight"), py::arg("bias"), py::arg("ptr"),
-        py::arg("flat"), py::arg("unit"), py::arg("by_input"), py::arg("by_flat"), py::arg("by_unit") = -1);
+        py::arg("flat"), py::arg("unit"), py::arg("by_input"), py::arg("by_flat"), py::arg("members"), py::arg("group_start"),
+        py::arg("groups"), py::arg("by_unit") = -1);
   m.def("sparse_grad_weight", &sparse_grad_weight);
   m.def("sparse_grad_input", &sparse_grad_input);
   m.def("relu_grad", &relu_grad);
+  m.def("head_forward", &head_forward);
+  m.def("head_relu_grad", &head_relu_grad);
+  m.def("head_grad_weight", &head_grad_weight);
   m.def("breakout_step", &breakout_step);
   m.def("breakout_observe", &breakout_observe);
   m.def("space_invaders_step", &space_invaders_step);

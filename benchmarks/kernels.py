@@ -50,11 +50,29 @@ def relu_grad(mod):
     return getattr(mod, "relu_grad", lambda out, grad_out: torch.where(out > 0, grad_out, 0.0).contiguous())
 
 
-def forward(mod, plan):
+def forward(mod, plan, masks):
     """The forward kernel as a version takes it: since the unit-major path, with the masks read by
-    unit as well as by input."""
-    by_unit = "by_flat" in mod.sparse_forward.__doc__  # pybind's signature names the arguments
-    return lambda x, w, b: mod.sparse_forward(x, w, b, *plan.inverse, *(plan.by_unit if by_unit else ()))
+    unit as well as by input; since units are summed in groups, with the groups."""
+    doc = mod.sparse_forward.__doc__  # pybind's signature names the arguments
+    by_unit = plan.by_unit if "members" in doc else unit_rows(masks) if "by_flat" in doc else ()
+    return lambda x, w, b: mod.sparse_forward(x, w, b, *inverse(mod, plan, masks), *by_unit)
+
+
+def inverse(mod, plan, masks):
+    """The masks read by input as a version takes them: since grouped units, one set for a
+    population whose masks are alike; before, one set per agent."""
+    if "members" in mod.sparse_forward.__doc__:
+        return plan.inverse
+    return tuple(t.expand(len(masks), -1).contiguous() for t in plan.inverse)
+
+
+def unit_rows(index):
+    """The masks read by unit as the kernels took them before units were grouped: every agent's own
+    rows in unit order, each unit's inputs ascending (ties in mask order) and its weights' places."""
+    n, u, k = index.shape
+    inputs, order = torch.sort(index, dim=2, stable=True)
+    flat = order + torch.arange(u).view(1, u, 1) * k
+    return tuple(t.reshape(n, u * k).to(torch.int32).contiguous() for t in (inputs, flat))
 
 
 def sample(mod, rings, agents, idx, inputs):
@@ -88,7 +106,6 @@ def main():
         n = args.agents
         masks = torch.stack([sd.build_mask(cfg, s)[0] for s in range(n)])
         plan = sd.sparse_plan(masks, cfg.input_size)
-        inverse = plan.inverse
         obs = observations(cfg, n)
         units, k = masks.shape[1:]
         packed = torch.stack([mods["new"].replay_pack(o.to(torch.uint8)) for o in obs.transpose(0, 1)], 1)
@@ -100,20 +117,20 @@ def main():
         for _ in range(5):
             x = obs[:, torch.randint(0, obs.shape[1], (32,))].transpose(1, 2).contiguous()
             x_act = obs[:, torch.randint(0, obs.shape[1], (1,))].transpose(1, 2).contiguous()  # acting: one sample
-            hidden = forward(mods["new"], plan)(x, w, b)
+            hidden = forward(mods["new"], plan, masks)(x, w, b)
             grad_out = torch.randn(n, 32, units).transpose(1, 2)  # as the head's backward hands it over
             grad = relu_grad(mods["new"])(hidden, grad_out)
             idx = torch.randint(0, obs.shape[1], (n, 32))
             results = {}
             for name, mod in mods.items():
-                times.setdefault(f"forward/{name}", []).append(timed(forward(mod, plan), x, w, b))
-                times.setdefault(f"forward_act/{name}", []).append(timed(forward(mod, plan), x_act, w, b))
+                times.setdefault(f"forward/{name}", []).append(timed(forward(mod, plan, masks), x, w, b))
+                times.setdefault(f"forward_act/{name}", []).append(timed(forward(mod, plan, masks), x_act, w, b))
                 times.setdefault(f"grad_weight/{name}", []).append(
-                    timed(mod.sparse_grad_weight, grad, x, *inverse, units * k))
+                    timed(mod.sparse_grad_weight, grad, x, *inverse(mod, plan, masks), units * k))
                 times.setdefault(f"relu_grad/{name}", []).append(timed(relu_grad(mod), hidden, grad_out))
                 times.setdefault(f"sample/{name}", []).append(timed(sample(mod, rings, agents, idx, cfg.input_size)))
-                results[name] = (forward(mod, plan)(x, w, b), forward(mod, plan)(x_act, w, b),
-                                 mod.sparse_grad_weight(grad, x, *inverse, units * k), relu_grad(mod)(hidden, grad_out),
+                results[name] = (forward(mod, plan, masks)(x, w, b), forward(mod, plan, masks)(x_act, w, b),
+                                 mod.sparse_grad_weight(grad, x, *inverse(mod, plan, masks), units * k), relu_grad(mod)(hidden, grad_out),
                                  *sample(mod, rings, agents, idx, cfg.input_size)())
             for old, new in zip(results["old"], results["new"]):
                 assert torch.equal(old.view(torch.int32), new.view(torch.int32)), f"{case}: the kernels differ"

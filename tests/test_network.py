@@ -34,9 +34,11 @@ def test_sparse_linear_equals_dense_masked_matmul_in_values_and_gradients(masked
     torch.testing.assert_close(x.grad, x2.grad)
 
 
-def test_the_cpp_sparse_layer_equals_a_dense_masked_layer_in_values_and_gradients(cpp_kernels):
+@pytest.mark.parametrize("alike", [False, True], ids=["masks of their own", "masks alike"])
+def test_the_cpp_sparse_layer_equals_a_dense_masked_layer_in_values_and_gradients(cpp_kernels, alike):
     """Every path of the C++ kernels: inputs off in the whole batch, on in a few samples, in many,
-    in every sample, and real-valued; a unit count that is not a multiple of the vector block."""
+    in every sample, and real-valued; a unit count that is not a multiple of the vector block;
+    agents with masks of their own, and agents whose masks are alike (whose tables are shared)."""
     torch.manual_seed(1)
     n, b, d, u, k = 2, 32, 60, 70, 9
     x = (torch.rand(n, b, d) < 0.3).float()
@@ -45,12 +47,12 @@ def test_the_cpp_sparse_layer_equals_a_dense_masked_layer_in_values_and_gradient
     x[:, :, 10:15] = 0.0
     x[:, :3, 10:15] = 1.0  # on in a few samples
     x[:, :, 15:20] *= torch.randn(n, b, 5)  # real-valued
-    index = random_masks(n, u, k, d)
+    index = random_masks(1, u, k, d).expand(n, u, k) if alike else random_masks(n, u, k, d)
     w = torch.randn(n, u, k, requires_grad=True)
     bias = torch.randn(n, u, requires_grad=True)
     xs = x.clone().requires_grad_(True)
     plan = sd.sparse_plan(index, d)
-    assert plan.inverse is not None
+    assert plan.inverse is not None and len(plan.inverse[0]) == (1 if alike else n)
     w2, bias2, x2 = (t.detach().clone().requires_grad_(True) for t in (w, bias, x))
     ref = torch.relu(dense_masked(x2, w2, index, d) + bias2.unsqueeze(2))
     g = torch.randn_like(ref)
@@ -64,17 +66,30 @@ def test_the_cpp_sparse_layer_equals_a_dense_masked_layer_in_values_and_gradient
             torch.testing.assert_close(mine.grad, theirs.grad)
 
 
+def grouped_masks(n, u, k, d, alike):
+    """(n, u, k) masks in which every neighbourhood is read by 12 units (as spatial masks give each
+    3 x 3 patch to 12), each unit listing it in an order of its own; alike: the same for all agents."""
+    patches = random_masks(1 if alike else n, (u + 11) // 12, k, d).repeat_interleave(12, dim=1)[:, :u]
+    shuffled = torch.argsort(torch.rand(patches.shape), dim=2)
+    return patches.gather(2, shuffled).expand(n, u, k)
+
+
+@pytest.mark.parametrize("masks", ["random", "grouped", "grouped alike"])
 @pytest.mark.parametrize("density", [0.02, 0.1, 0.5, 1.0])
-def test_the_cpp_forward_sums_alike_by_unit_and_by_input_bit_for_bit(cpp_kernels, density):
+def test_the_cpp_forward_sums_alike_by_unit_and_by_input_bit_for_bit(cpp_kernels, density, masks):
     """The forward chooses, per agent and batch, to sum unit by unit or input by input, for speed
     alone: both must give the same bits, on 0/1 observations of any density, with masks whose
-    units list their inputs in any order and may repeat one (a registered mask may)."""
+    units list their inputs in any order and may repeat one (a registered mask may), whether units
+    share their neighbourhoods (summed together then) and agents their masks or not."""
     torch.manual_seed(4)
-    n, b, d, u, k = 3, 32, 90, 100, 12
+    n, b, d, u, k = 3, 32, 90, 110, 12
     x = (torch.rand(n, d, b) < density).float()
-    index = random_masks(n, u, k, d)
+    index = random_masks(n, u, k, d) if masks == "random" else grouped_masks(n, u, k, d, masks.endswith("alike"))
+    index = index.clone()
     index[:, :5, 1] = index[:, :5, 0]  # a repeated input
     plan = sd.sparse_plan(index, d)
+    assert (plan.by_unit[4] * 6 <= u).all() == (masks != "random")  # grouped: summed in chunks of units
+    assert len(plan.by_unit[4]) == (1 if masks == "grouped alike" else n)
     w, bias = torch.randn(n, u * k), torch.randn(n, u)
     by_unit, by_input = (sd._kernels().sparse_forward(x, w, bias, *plan.inverse, *plan.by_unit, by_unit=path)
                          for path in (1, 0))
@@ -94,6 +109,46 @@ def test_the_cpp_relu_gradient_is_torchs_bit_for_bit_in_either_layout(cpp_kernel
         mine = sd._kernels().relu_grad(out, grad_out)
         assert mine.is_contiguous()
         assert torch.equal(mine.view(torch.int32), torch.where(out > 0, grad_out, 0.0).view(torch.int32))
+
+
+@pytest.mark.parametrize("env", ["breakout", "space_invaders"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_cpp_head_is_mkls_baddbmm_bit_for_bit_in_values_and_gradients(cpp_kernels, env, threads):
+    """q_values of sparse agents for a batch (the update's) takes the C++ head, which must give the
+    bits of the layer's output seen transposed through torch.baddbmm (how it ran before, and how
+    acting and the GPU run it): values, and the gradients of all four parameters, at the study's
+    sizes, for one agent and several, for batches around the DQN's 32, and for unit counts whose
+    weight gradient MKL sums in another order (odd) or that are not whole vectors."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for agents, batch, units in ((1, 32, 1200), (5, 32, 1200), (3, 16, 1200), (2, 33, 1200), (2, 64, 1200),
+                                     (2, 32, 1201), (2, 32, 250)):
+            cfg = sd.Config(env=env, hidden_units=units)
+            torch.manual_seed(agents * batch)
+            masks = torch.stack([sd.random_mask(cfg, seed) for seed in range(agents)])
+            plan = sd.sparse_plan(masks, cfg.input_size)
+            params = {"index": masks, "hidden_w": torch.randn(agents, cfg.hidden_units, cfg.k) * 0.2,
+                      "hidden_b": torch.randn(agents, cfg.hidden_units) * 0.1,
+                      "head_w": torch.randn(agents, sd.NUM_ACTIONS, cfg.hidden_units) * 0.03,
+                      "head_b": torch.randn(agents, sd.NUM_ACTIONS) * 0.1}
+            x = (torch.rand(agents, batch, cfg.input_size) < 0.1).float()
+            upstream = torch.randn(agents, batch, sd.NUM_ACTIONS)
+            learned = ("hidden_w", "hidden_b", "head_w", "head_b")
+            results = []
+            for through_mkl in (True, False):
+                p = {name: t.clone().requires_grad_(name in learned) for name, t in params.items()}
+                if through_mkl:
+                    hidden = sd.sparse_relu_layer(x, p["hidden_w"], p["hidden_b"], plan).transpose(1, 2)
+                    q = torch.baddbmm(p["head_b"].unsqueeze(1), hidden, p["head_w"].transpose(1, 2))
+                else:
+                    q = sd.q_values(p, x, plan)
+                results.append((q.detach(), *torch.autograd.grad((q * upstream).sum(), [p[n] for n in learned])))
+            for theirs, mine in zip(*results):
+                assert torch.equal(mine.contiguous().view(torch.int32), theirs.contiguous().view(torch.int32)), \
+                    (agents, batch)
+    finally:
+        torch.set_num_threads(previous)
 
 
 @pytest.mark.parametrize("layer", ["dense breakout", "dense space_invaders", "cnn fc"])
