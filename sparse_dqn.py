@@ -949,7 +949,10 @@ class _SparseReluCpp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, plan):
-        xt, flat_w, out = _sparse_relu_forward(x, weight, bias, plan)
+        n, u, k = weight.shape
+        xt = x.transpose(1, 2).contiguous()  # (N, inputs, B)
+        flat_w = weight.reshape(n, u * k).contiguous()
+        out = _kernels().sparse_forward(xt, flat_w, bias.contiguous(), *plan.inverse, *plan.by_unit)
         ctx.save_for_backward(xt, flat_w, out)
         ctx.plan, ctx.shape = plan, weight.shape
         return out
@@ -964,18 +967,26 @@ class _SparseReluCpp(torch.autograd.Function):
 class _SparseQCpp(torch.autograd.Function):
     """The sparse network's Q-values, _SparseReluCpp's layer then the head, for the update's batch.
     The head is what torch.baddbmm computes on the layer's units-major output seen transposed, as
-    q_values hands it over elsewhere, and in MKL's order of sums for that layout (head_forward), so
-    the same bits: MKL runs that layout at a tenth of the speed of its others. Backward takes the
-    head's input gradient through the ReLU in one pass (head_relu_grad, again MKL's order) and its
-    weight gradient as the product autograd would make gives it (head_grad_weight, MKL's order for
-    the DQN's batch of 32, 6 actions and an even number of units; torch.bmm itself otherwise)."""
+    q_values hands it over elsewhere, and in MKL's order of sums for that layout, so the same bits:
+    MKL runs that layout at a tenth of the speed of its others. Each agent's head is taken while its
+    activations are in cache (sparse_q), and the target network's are never written out. Backward
+    takes the head's input gradient through the ReLU in one pass (head_relu_grad, again MKL's
+    order) and its weight gradient as the product autograd would make gives it (head_grad_weight,
+    MKL's order for the DQN's batch of 32, 6 actions and an even number of units; torch.bmm itself
+    otherwise)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, head_w, head_b, plan):
-        xt, flat_w, out = _sparse_relu_forward(x, weight, bias, plan)
-        ctx.save_for_backward(xt, flat_w, out, head_w)
+        n, u, k = weight.shape
+        xt = x.transpose(1, 2).contiguous()
+        flat_w = weight.reshape(n, u * k).contiguous()
+        keep = any(ctx.needs_input_grad)  # the activations, for backward; the target's pass has none
+        out, q = _kernels().sparse_q(xt, flat_w, bias.contiguous(), *plan.inverse, *plan.by_unit,
+                                     head_w.contiguous(), head_b.contiguous(), keep)
+        if keep:
+            ctx.save_for_backward(xt, flat_w, out, head_w)
         ctx.plan, ctx.shape = plan, weight.shape
-        return _kernels().head_forward(out, head_w, head_b)
+        return q
 
     @staticmethod
     def backward(ctx, grad_q):
@@ -993,14 +1004,6 @@ class _SparseQCpp(torch.autograd.Function):
         if any(needs[:3]):
             grads = _sparse_grads(ctx, _kernels().head_relu_grad(out, grad_q, head_w), xt, flat_w, needs[:3])
         return *grads, grad_head_w, grad_head_b, None
-
-
-def _sparse_relu_forward(x, weight, bias, plan):
-    """(x transposed (N, inputs, B), the weights flat (N, units * k), relu(layer) (N, units, B))."""
-    n, u, k = weight.shape
-    xt = x.transpose(1, 2).contiguous()
-    flat_w = weight.reshape(n, u * k).contiguous()
-    return xt, flat_w, _kernels().sparse_forward(xt, flat_w, bias.contiguous(), *plan.inverse, *plan.by_unit)
 
 
 def _sparse_grads(ctx, grad, xt, flat_w, needs):

@@ -150,19 +150,105 @@ static bool by_unit_is_cheaper(const float* x, const int32_t* ptr, int64_t D, in
   return cost > 8 * E;
 }
 
-// xt (N, D, B), weight (N, U * K), bias (N, U) -> relu(pre-activation + bias), (N, U, B).
-// Pieces of an agent are ranges of the batch's lanes, or of its groups of units when they are
-// summed by unit: they write disjoint parts of out.
-torch::Tensor sparse_forward(torch::Tensor xt, torch::Tensor weight, torch::Tensor bias, torch::Tensor ptr,
-                             torch::Tensor flat, torch::Tensor unit, torch::Tensor by_input, torch::Tensor by_flat,
-                             torch::Tensor members, torch::Tensor group_start, torch::Tensor groups,
-                             int64_t by_unit = -1) {  // 1 or 0 forces a way (the tests compare them), -1 chooses
+// The Q head on the sparse layer's units-major output: h (N, U, B), weight (N, A, U), bias (N, A)
+// -> q (N, B, A). Training computes it as torch.baddbmm(bias, h.transpose(1, 2), weight.T), which
+// MKL runs at a few GFLOP/s in that layout; these sums are added in MKL's order for it, so they
+// give its bits (tests/test_network.py): each product rounded on its own, no fused multiply-add,
+// added in unit order from zero, the bias last. Whole vectors of the batch at a time, every action
+// in registers: 9x MKL's speed for 64 agents at a batch of 32 (benchmarks/head_layout.py).
+// GCC's default -ffp-contract=fast would fuse the multiply and the add, and the function-level
+// switch below does not reach into a lambda, so the sums live in a function of their own.
+constexpr int64_t kMaxActions = 8;
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
+static void head_forward_agent(const float* __restrict__ h, const float* __restrict__ w, const float* bias,
+                               int64_t U, int64_t B, int64_t A, float* __restrict__ q) {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
+  int64_t b0 = 0;
+  for (; b0 + kLanes <= B; b0 += kLanes) {
+    Vec acc[kMaxActions] = {};
+    for (int64_t u = 0; u < U; ++u) {
+      Vec x;
+      std::memcpy(&x, h + u * B + b0, sizeof x);
+      for (int64_t a = 0; a < A; ++a) {
+        const Vec product = x * w[a * U + u];
+        acc[a] = acc[a] + product;
+      }
+    }
+    for (int64_t l = 0; l < kLanes; ++l)
+      for (int64_t a = 0; a < A; ++a) q[(b0 + l) * A + a] = acc[a][l] + bias[a];
+  }
+  for (; b0 < B; ++b0)
+    for (int64_t a = 0; a < A; ++a) {
+      float acc = 0.f;
+      for (int64_t u = 0; u < U; ++u) {
+        const float product = h[u * B + b0] * w[a * U + u];
+        acc = acc + product;
+      }
+      q[b0 * A + a] = acc + bias[a];
+    }
+}
+#pragma GCC pop_options
+
+// One agent's lanes b0..b1 of the batch, input by input: out (U, B) starts at the bias, an input
+// off in every sample of them costs one scan, one on in a few samples a few scalar adds per entry,
+// one on in more a vector loop over the lanes per entry; the ReLU last.
+static void forward_by_input(const float* xa, const float* w, const float* bias, const int32_t* p,
+                             const int32_t* f, const int32_t* u, int64_t D, int64_t U, int64_t B, int64_t b0,
+                             int64_t b1, float* out) {
+  const int64_t width = b1 - b0;
+  float* o = out + b0;
+  for (int64_t j = 0; j < U; ++j) {
+    const float bj = bias[j];
+    for (int64_t b = 0; b < width; ++b) o[j * B + b] = bj;
+  }
+  int32_t at[kFew];
+  for (int64_t i = 0; i < D; ++i) {
+    const float* x = xa + i * B + b0;
+    const int count = few_nonzero(x, width, at);
+    if (count == 0) continue;
+    if (count < kMany) {  // a few samples: touch only their lanes
+      for (int32_t e = p[i]; e < p[i + 1]; ++e) {
+        const float we = w[f[e]];
+        float* row = o + int64_t(u[e]) * B;
+        for (int c = 0; c < count; ++c) row[at[c]] += we * x[at[c]];
+      }
+      continue;
+    }
+    for (int32_t e = p[i]; e < p[i + 1]; ++e) {
+      const float we = w[f[e]];
+      float* __restrict__ row = o + int64_t(u[e]) * B;
+      for (int64_t b = 0; b < width; ++b) row[b] += we * x[b];
+    }
+  }
+  for (int64_t j = 0; j < U; ++j)
+    for (int64_t b = 0; b < width; ++b) o[j * B + b] = o[j * B + b] > 0.f ? o[j * B + b] : 0.f;
+}
+
+// xt (N, D, B), weight (N, U * K), bias (N, U) -> relu(pre-activation + bias), (N, U, B), and
+// with head_w (N, A, U) and head_b (N, A) the Q-values (N, B, A) of head_forward as well, each
+// agent's taken while its activations are still in cache. keep false: the activations are not
+// wanted (the target network's pass), and stay in a buffer of the thread's, never written out
+// to memory, where an agent is computed in one piece.
+static std::vector<torch::Tensor> sparse_layer(
+    torch::Tensor xt, torch::Tensor weight, torch::Tensor bias, torch::Tensor ptr, torch::Tensor flat,
+    torch::Tensor unit, torch::Tensor by_input, torch::Tensor by_flat, torch::Tensor members,
+    torch::Tensor group_start, torch::Tensor groups, int64_t by_unit, c10::optional<torch::Tensor> head_w,
+    c10::optional<torch::Tensor> head_b, bool keep) {
   const int64_t N = xt.size(0), D = xt.size(1), B = xt.size(2), E = weight.size(1), U = bias.size(1);
-  auto out = torch::empty({N, U, B}, xt.options());
+  const int64_t A = head_w ? head_w->size(1) : 0;
+  TORCH_CHECK(!head_w || (head_w->is_contiguous() && head_b->is_contiguous() && A <= kMaxActions &&
+                          head_w->size(2) == U), "sparse_q: head_w (N, A <= 8, U), head_b (N, A), contiguous");
+  const int64_t parts = std::min(parts_per_agent(N), B);
+  keep = keep || parts > 1 || !head_w;  // the pieces of one agent meet in out
+  auto out = keep ? torch::empty({N, U, B}, xt.options()) : torch::Tensor();
+  auto q = head_w ? torch::empty({N, B, A}, xt.options()) : torch::Tensor();
   const float* xp = xt.data_ptr<float>();
   const float* wp = weight.data_ptr<float>();
   const float* bp = bias.data_ptr<float>();
-  float* op = out.data_ptr<float>();
+  float* op = keep ? out.data_ptr<float>() : nullptr;
   const Inverse inv(ptr, flat, unit);
   const int32_t* bi = by_input.data_ptr<int32_t>();
   const int32_t* bf = by_flat.data_ptr<int32_t>();
@@ -177,52 +263,53 @@ torch::Tensor sparse_forward(torch::Tensor xt, torch::Tensor weight, torch::Tens
         unit_wise[n] = gc[n * own_groups] * kChunk <= U  // in groups a chunk long: by unit, always
                        || by_unit_is_cheaper(xp + n * D * B, inv.ptr_of(n, D), D, B, E);
     });
-  const int64_t parts = std::min(parts_per_agent(N), B);
+  auto head = [&](int64_t n, const float* h) {  // denormals kept here, as MKL keeps them
+    head_forward_agent(h, head_w->data_ptr<float>() + n * A * U, head_b->data_ptr<float>() + n * A, U, B, A,
+                       q.data_ptr<float>() + n * B * A);
+  };
   at::parallel_for(0, N * parts, 1, [&](int64_t begin, int64_t end) {
-    FlushDenormals flush;
+    std::vector<float> scratch(keep ? 0 : U * B);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / parts, part = item % parts;
-      if (unit_wise[n]) {
-        const int64_t m = n * own_groups;
-        forward_by_unit<kByUnit>(xp + n * D * B, wp + n * E, bp + n * U, bi + m * E, bf + m * E, mp + m * U,
-                                 gs + m * (U + 1), gc[m] * part / parts, gc[m] * (part + 1) / parts, E / U,
-                                 op + n * U * B);
-        continue;
-      }
-      const int64_t b0 = B * part / parts, width = B * (part + 1) / parts - b0;
-      const float* w = wp + n * E;
-      const int32_t* p = inv.ptr_of(n, D);
-      const int32_t* f = inv.flat_of(n, E);
-      const int32_t* u = inv.unit_of(n, E);
-      float* o = op + n * U * B + b0;
-      for (int64_t j = 0; j < U; ++j) {
-        const float bj = bp[n * U + j];
-        for (int64_t b = 0; b < width; ++b) o[j * B + b] = bj;
-      }
-      int32_t at[kFew];
-      for (int64_t i = 0; i < D; ++i) {
-        const float* x = xp + (n * D + i) * B + b0;
-        const int count = few_nonzero(x, width, at);
-        if (count == 0) continue;
-        if (count < kMany) {  // a few samples: touch only their lanes
-          for (int32_t e = p[i]; e < p[i + 1]; ++e) {
-            const float we = w[f[e]];
-            float* row = o + int64_t(u[e]) * B;
-            for (int c = 0; c < count; ++c) row[at[c]] += we * x[at[c]];
-          }
-          continue;
-        }
-        for (int32_t e = p[i]; e < p[i + 1]; ++e) {
-          const float we = w[f[e]];
-          float* __restrict__ row = o + int64_t(u[e]) * B;
-          for (int64_t b = 0; b < width; ++b) row[b] += we * x[b];
+      float* agent_out = keep ? op + n * U * B : scratch.data();
+      {
+        FlushDenormals flush;
+        if (unit_wise[n]) {
+          const int64_t m = n * own_groups;
+          forward_by_unit<kByUnit>(xp + n * D * B, wp + n * E, bp + n * U, bi + m * E, bf + m * E, mp + m * U,
+                                   gs + m * (U + 1), gc[m] * part / parts, gc[m] * (part + 1) / parts, E / U,
+                                   agent_out);
+        } else {
+          forward_by_input(xp + n * D * B, wp + n * E, bp + n * U, inv.ptr_of(n, D), inv.flat_of(n, E),
+                           inv.unit_of(n, E), D, U, B, B * part / parts, B * (part + 1) / parts, agent_out);
         }
       }
-      for (int64_t j = 0; j < U; ++j)
-        for (int64_t b = 0; b < width; ++b) o[j * B + b] = o[j * B + b] > 0.f ? o[j * B + b] : 0.f;
+      if (head_w && parts == 1) head(n, agent_out);
     }
   });
-  return out;
+  if (head_w && parts > 1)
+    at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) head(n, op + n * U * B);
+    });
+  return {out, q};
+}
+
+torch::Tensor sparse_forward(torch::Tensor xt, torch::Tensor weight, torch::Tensor bias, torch::Tensor ptr,
+                             torch::Tensor flat, torch::Tensor unit, torch::Tensor by_input, torch::Tensor by_flat,
+                             torch::Tensor members, torch::Tensor group_start, torch::Tensor groups,
+                             int64_t by_unit = -1) {  // 1 or 0 forces a way (the tests compare them), -1 chooses
+  return sparse_layer(xt, weight, bias, ptr, flat, unit, by_input, by_flat, members, group_start, groups, by_unit,
+                      c10::nullopt, c10::nullopt, true)[0];
+}
+
+// The layer and the head in one pass: (activations, or an undefined tensor where keep is false;
+// the Q-values).
+std::vector<torch::Tensor> sparse_q(torch::Tensor xt, torch::Tensor weight, torch::Tensor bias, torch::Tensor ptr,
+                                    torch::Tensor flat, torch::Tensor unit, torch::Tensor by_input,
+                                    torch::Tensor by_flat, torch::Tensor members, torch::Tensor group_start,
+                                    torch::Tensor groups, torch::Tensor head_w, torch::Tensor head_b, bool keep) {
+  return sparse_layer(xt, weight, bias, ptr, flat, unit, by_input, by_flat, members, group_start, groups, -1,
+                      head_w, head_b, keep);
 }
 
 // grad (N, U, B) of the pre-activations, xt (N, D, B) -> weight gradient (N, U * K). Pieces of an
@@ -359,64 +446,6 @@ torch::Tensor sparse_grad_input(torch::Tensor grad, torch::Tensor weight, torch:
     }
   });
   return gx;
-}
-
-// The Q head on the sparse layer's units-major output: h (N, U, B), weight (N, A, U), bias (N, A)
-// -> q (N, B, A). Training computes it as torch.baddbmm(bias, h.transpose(1, 2), weight.T), which
-// MKL runs at a few GFLOP/s in that layout; these sums are added in MKL's order for it, so they
-// give its bits (tests/test_network.py): each product rounded on its own, no fused multiply-add,
-// added in unit order from zero, the bias last. Whole vectors of the batch at a time, every action
-// in registers: 9x MKL's speed for 64 agents at a batch of 32 (benchmarks/head_layout.py).
-// GCC's default -ffp-contract=fast would fuse the multiply and the add, and the function-level
-// switch below does not reach into a lambda, so the sums live in a function of their own.
-constexpr int64_t kMaxActions = 8;
-#pragma GCC push_options
-#pragma GCC optimize("fp-contract=off")
-static void head_forward_agent(const float* __restrict__ h, const float* __restrict__ w, const float* bias,
-                               int64_t U, int64_t B, int64_t A, float* __restrict__ q) {
-#if defined(__clang__)
-#pragma clang fp contract(off)
-#endif
-  int64_t b0 = 0;
-  for (; b0 + kLanes <= B; b0 += kLanes) {
-    Vec acc[kMaxActions] = {};
-    for (int64_t u = 0; u < U; ++u) {
-      Vec x;
-      std::memcpy(&x, h + u * B + b0, sizeof x);
-      for (int64_t a = 0; a < A; ++a) {
-        const Vec product = x * w[a * U + u];
-        acc[a] = acc[a] + product;
-      }
-    }
-    for (int64_t l = 0; l < kLanes; ++l)
-      for (int64_t a = 0; a < A; ++a) q[(b0 + l) * A + a] = acc[a][l] + bias[a];
-  }
-  for (; b0 < B; ++b0)
-    for (int64_t a = 0; a < A; ++a) {
-      float acc = 0.f;
-      for (int64_t u = 0; u < U; ++u) {
-        const float product = h[u * B + b0] * w[a * U + u];
-        acc = acc + product;
-      }
-      q[b0 * A + a] = acc + bias[a];
-    }
-}
-#pragma GCC pop_options
-
-torch::Tensor head_forward(torch::Tensor h, torch::Tensor weight, torch::Tensor bias) {
-  const int64_t N = h.size(0), U = h.size(1), B = h.size(2), A = weight.size(1);
-  TORCH_CHECK(h.is_contiguous() && weight.is_contiguous() && bias.is_contiguous() && A <= kMaxActions &&
-              weight.size(2) == U, "head_forward: h (N, U, B), weight (N, A <= 8, U), bias (N, A), contiguous");
-  auto q = torch::empty({N, B, A}, h.options());
-  const float* hp = h.data_ptr<float>();
-  const float* wp = weight.data_ptr<float>();
-  const float* bp = bias.data_ptr<float>();
-  float* qp = q.data_ptr<float>();
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n)  // denormals kept, as MKL keeps them
-      head_forward_agent(hp + n * U * B, wp + n * A * U, bp + n * A, U, B, A, qp + n * B * A);
-  });
-  return q;
 }
 
 // The head's gradient through the ReLU to the sparse layer's pre-activations: where out (N, U, B)
@@ -902,7 +931,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_grad_weight", &sparse_grad_weight);
   m.def("sparse_grad_input", &sparse_grad_input);
   m.def("relu_grad", &relu_grad);
-  m.def("head_forward", &head_forward);
+  m.def("sparse_q", &sparse_q);
   m.def("head_relu_grad", &head_relu_grad);
   m.def("head_grad_weight", &head_grad_weight);
   m.def("breakout_step", &breakout_step);

@@ -116,7 +116,8 @@ def test_the_cpp_relu_gradient_is_torchs_bit_for_bit_in_either_layout(cpp_kernel
 def test_the_cpp_head_is_mkls_baddbmm_bit_for_bit_in_values_and_gradients(cpp_kernels, env, threads):
     """q_values of sparse agents for a batch (the update's) takes the C++ head, which must give the
     bits of the layer's output seen transposed through torch.baddbmm (how it ran before, and how
-    acting and the GPU run it): values, and the gradients of all four parameters, at the study's
+    acting and the GPU run it): values with and without gradients, and the gradients of all four
+    parameters, at the study's
     sizes, for one agent and several, for batches around the DQN's 32, and for unit counts whose
     weight gradient MKL sums in another order (odd) or that are not whole vectors."""
     previous = torch.get_num_threads()
@@ -147,6 +148,8 @@ def test_the_cpp_head_is_mkls_baddbmm_bit_for_bit_in_values_and_gradients(cpp_ke
             for theirs, mine in zip(*results):
                 assert torch.equal(mine.contiguous().view(torch.int32), theirs.contiguous().view(torch.int32)), \
                     (agents, batch)
+            with torch.no_grad():  # the target network's pass, whose activations are never kept
+                assert torch.equal(sd.q_values(params, x, plan).view(torch.int32), results[0][0].view(torch.int32))
     finally:
         torch.set_num_threads(previous)
 
