@@ -62,6 +62,9 @@ def rate(sd, env, arch, regime, agents, frames, loop_only=False) -> float:
     marks = [time.perf_counter()]
     sd.train(cfg, list(range(agents)), progress=lambda _: marks.append(time.perf_counter()))
     marks.append(time.perf_counter())
+    if loop_only and len(marks) < 4:
+        sys.exit(f"--loop-only: {sd.__name__}'s train does not call its progress argument (versions "
+                 "before the frame loop's progress marks); time it without --loop-only")
     start, end = (marks[1], marks[-2]) if loop_only else (marks[0], marks[-1])
     return agents * frames / (end - start)
 

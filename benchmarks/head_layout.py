@@ -1,8 +1,11 @@
-"""The Q head's matmul in the layout training uses, beside the layouts that are faster: time per
-call and whether each gives the same bits. The sparse layer hands the head its activations
-units-major, (N, units, B); the head multiplies the transposed view by head_w. MKL is several
-times faster on other layouts but adds up in another order, so adopting one changes training's
-numbers (a new ALGORITHM_VERSION, and the committed study would have to be trained again).
+"""The Q head's three products at the update's batch of 32, as MKL computes them in training's
+layout and as the C++ kernels compute them in MKL's own order of sums: time per call and whether
+the bits are the same. The sparse layer hands the head its activations units-major, (N, units, B);
+torch multiplies their transposed view by head_w (forward), takes the input's gradient through the
+ReLU (grad @ head_w, then the mask) and the weight's (activations @ grad). MKL runs that layout at a
+few GFLOP/s; its order of sums for it is reproduced in sparse_kernels.cpp (head_forward_agent,
+head_relu_grad, head_grad_weight). Also timed: the layouts MKL is fast on, which sum in another
+order (taking one would change training's numbers).
 
     OMP_NUM_THREADS=1 python benchmarks/head_layout.py --json benchmarks/head_layout.json
 """
@@ -21,10 +24,13 @@ import sparse_dqn as sd  # noqa: E402
 def microseconds(fn, calls: int) -> float:
     for _ in range(max(10, calls // 20)):
         fn()
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    return (time.perf_counter() - start) / calls * 1e6
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, (time.perf_counter() - start) / calls * 1e6)
+    return best
 
 
 def main():
@@ -33,27 +39,44 @@ def main():
     parser.add_argument("--units", type=int, default=sd.Config().hidden_units)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    kernels = sd._kernels()
+    if kernels is None:
+        sys.exit("the C++ kernels are not built on this machine")
     torch.manual_seed(0)
-    out = {"command": "python " + " ".join(sys.argv), "torch": torch.__version__,
-           "threads": torch.get_num_threads(), "units": args.units, "results": {}}
+    out = {"command": "python " + " ".join(sys.argv), "torch": torch.__version__, "cpu": sd._cpu_name(),
+           "threads": torch.get_num_threads(), "units": args.units, "batch": 32, "results": {}}
     for n in args.populations:
-        for batch in (1, 32):  # acting, and the update's online and target passes
-            units_major = torch.relu(torch.randn(n, args.units, batch))
-            hidden = units_major.transpose(1, 2)  # (N, B, units), as q_values gets it
-            head_w, head_b = torch.randn(n, sd.NUM_ACTIONS, args.units) / 30, torch.randn(n, sd.NUM_ACTIONS)
-            layouts = {
-                "training's (transposed view)": lambda: torch.baddbmm(head_b.unsqueeze(1), hidden, head_w.transpose(1, 2)),
-                "contiguous activations": lambda: torch.baddbmm(head_b.unsqueeze(1), hidden.contiguous(),
-                                                                head_w.transpose(1, 2)),
-                "head_w @ units-major": lambda: torch.baddbmm(head_b.unsqueeze(2), head_w, units_major).transpose(1, 2),
-            }
-            reference = layouts["training's (transposed view)"]()
-            calls = max(20, 3_000 // n)
-            rows = {name: {"us_per_call": microseconds(fn, calls), "same_bits": torch.equal(fn(), reference)}
-                    for name, fn in layouts.items()}
-            out["results"][f"{n}/{batch}"] = rows
+        units_major = torch.relu(torch.randn(n, args.units, 32))
+        hidden = units_major.transpose(1, 2)  # (N, B, units), as torch's head gets it
+        head_w, head_b = torch.randn(n, sd.NUM_ACTIONS, args.units) / 30, torch.randn(n, sd.NUM_ACTIONS)
+        grad = torch.randn(n, 32, sd.NUM_ACTIONS)
+        products = {
+            "forward": {
+                "MKL, training's layout": lambda: torch.baddbmm(head_b.unsqueeze(1), hidden, head_w.transpose(1, 2)),
+                "C++, MKL's order": lambda: kernels.head_forward(units_major, head_w, head_b),
+                "MKL, contiguous activations": lambda: torch.baddbmm(head_b.unsqueeze(1), hidden.contiguous(),
+                                                                     head_w.transpose(1, 2)),
+                "MKL, head_w @ units-major": lambda: torch.baddbmm(head_b.unsqueeze(2), head_w,
+                                                                   units_major).transpose(1, 2),
+            },
+            "input gradient through the ReLU": {
+                "MKL, training's layout": lambda: kernels.relu_grad(units_major, torch.bmm(grad, head_w).transpose(1, 2)),
+                "C++, MKL's order": lambda: kernels.head_relu_grad(units_major, grad, head_w),
+            },
+            "weight gradient": {
+                "MKL, training's layout": lambda: torch.bmm(units_major, grad).transpose(1, 2),
+                "C++, MKL's order": lambda: kernels.head_grad_weight(units_major, grad),
+            },
+        }
+        calls = max(20, 3_000 // n)
+        for product, ways in products.items():
+            reference = ways["MKL, training's layout"]()
+            rows = {name: {"us_per_call": microseconds(fn, calls),
+                           "same_bits": torch.equal(fn().contiguous(), reference.contiguous())}
+                    for name, fn in ways.items()}
+            out["results"][f"{n}/{product}"] = rows
             for name, row in rows.items():
-                print(f"N={n:3d} B={batch:2d} {name:30s} {row['us_per_call']:9.1f} us  same bits: {row['same_bits']}",
+                print(f"N={n:3d} {product:32s} {name:30s} {row['us_per_call']:9.1f} us  same bits: {row['same_bits']}",
                       flush=True)
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))
