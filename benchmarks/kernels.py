@@ -55,7 +55,8 @@ def forward(mod, plan, masks):
     unit as well as by input; since units are summed in groups, with the groups."""
     doc = mod.sparse_forward.__doc__  # pybind's signature names the arguments
     by_unit = plan.by_unit if "members" in doc else unit_rows(masks) if "by_flat" in doc else ()
-    return lambda x, w, b: mod.sparse_forward(x, w, b, *inverse(mod, plan, masks), *by_unit)
+    by_input = inverse(mod, plan, masks)
+    return lambda x, w, b: mod.sparse_forward(x, w, b, *by_input, *by_unit)
 
 
 def inverse(mod, plan, masks):
