@@ -788,7 +788,7 @@ class SparsePlan:
     flat: torch.Tensor | None  # (N * units, k): rows of the (N * inputs, batch) input table
     pattern: torch.Tensor | None  # sparse CSR (N * units, N * inputs): where the weight gradient lives
     inputs: int
-    inverse: tuple | None = None  # for the C++ kernels: per agent, the mask read by input
+    inverse: tuple | None = None  # for the C++ kernels: the masks read by input (one set if alike)
     by_unit: tuple | None = None  # for the C++ forward: each unit's inputs sorted, their weights, its group
     index: torch.Tensor | None = None  # (N, units, k), for the masked-dense layout alone
     dense: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)  # see _scatter_dense
@@ -832,8 +832,10 @@ def _by_unit(index: torch.Tensor) -> tuple:
     agent = torch.arange(n).view(n, 1, 1).expand(n, u, 1)
     group = torch.unique(torch.cat([agent, inputs], 2).reshape(n * u, k + 1), dim=0, return_inverse=True)[1]
     group = group.view(n, u)
-    if len(torch.unique(group)) * _UNIT_CHUNK > n * u:  # groups of under a chunk: visited so, their
-        group = torch.arange(u).expand(n, u)  # rows lie scattered in memory; unit by unit streams
+    if len(torch.unique(group)) * _UNIT_CHUNK > n * u:
+        # Groups shorter than a chunk on average gain little from sharing loads, and visiting them
+        # group by group scatters the reads of their rows: they are left one unit each, in order.
+        group = torch.arange(u).expand(n, u)
     members = torch.argsort(group, dim=1, stable=True)
     grouped = group.gather(1, members)
     first = torch.ones(n, u, dtype=torch.bool)
@@ -995,8 +997,9 @@ class _SparseQCpp(torch.autograd.Function):
         grad_head_w = None
         if needs[3]:
             n, units, batch = out.shape
-            if batch == 32 and grad_q.shape[2] == 6 and units % 2 == 0 and units >= 16 and grad_q.is_contiguous():
-                grad_head_w = _kernels().head_grad_weight(out, grad_q)  # MKL's order for these shapes
+            mkls_order_known = batch == 32 and grad_q.shape[2] == 6 and units % 2 == 0 and units >= 16
+            if mkls_order_known and grad_q.is_contiguous():
+                grad_head_w = _kernels().head_grad_weight(out, grad_q)
             else:
                 grad_head_w = torch.bmm(out, grad_q).transpose(1, 2)
         grad_head_b = grad_q.sum(1) if needs[4] else None
@@ -1088,7 +1091,7 @@ def batched_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) ->
 
 
 # The smallest batch that takes the C++ head: from 16 samples on, MKL's baddbmm adds the head's
-# sums in the order head_forward does (tests/test_network.py); acting's batch of one goes to MKL.
+# sums in the order the kernels take (tests/test_network.py); acting's batch of one goes to MKL.
 HEAD_CPP_BATCH = 16
 
 
@@ -1104,10 +1107,11 @@ def q_values(params: dict[str, torch.Tensor], x: torch.Tensor, plan: SparsePlan 
         hidden = F.relu(batched_linear(feats, params["fc_w"], params["fc_b"]))
     elif "index" in params:
         plan = plan or sparse_plan(params["index"], x.shape[2])
-        if plan.inverse is not None and x.shape[1] >= HEAD_CPP_BATCH and x.dtype == params["hidden_w"].dtype == torch.float32:
+        native = plan.inverse is not None and x.dtype == params["hidden_w"].dtype == torch.float32
+        if native and x.shape[1] >= HEAD_CPP_BATCH:
             return _SparseQCpp.apply(x, params["hidden_w"], params["hidden_b"], params["head_w"],
                                      params["head_b"], plan)
-        hidden = sparse_relu_layer(x, params["hidden_w"], params["hidden_b"], plan).transpose(1, 2)  # (N, B, units)
+        hidden = sparse_relu_layer(x, params["hidden_w"], params["hidden_b"], plan).transpose(1, 2)
     else:  # a fully connected layer (dense, learned L1): one matmul beats any gather
         hidden = F.relu(batched_linear(x, params["hidden_w"], params["hidden_b"]))
     # (N, B, units) @ (N, units, A): of the bmm layouts, the one whose per-agent results do not

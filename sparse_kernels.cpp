@@ -1,6 +1,7 @@
-// CPU kernels for sparse_dqn.py's sparse layer and optimiser, loaded with
-// torch.utils.cpp_extension. The pure-torch path in sparse_dqn.py computes the same functions
-// (up to float rounding) and is what the GPU and machines without a compiler use.
+// CPU kernels for sparse_dqn.py's sparse layer and its Q head, the optimiser, the games and the
+// replay, loaded with torch.utils.cpp_extension. The pure-torch path in sparse_dqn.py computes
+// the same functions (up to float rounding) and is what the GPU and machines without a compiler
+// use.
 //
 // The layer reads its mask by input: for input i of agent n, the entries e of the (units x k)
 // weight matrix that look at i (flat[e]) and their units (unit[e]). MinAtar's observations are
@@ -38,7 +39,8 @@ struct Inverse {
   const int32_t* unit;  // (N or 1, U * K): the unit of that weight
   int64_t each;         // 1 with a set per agent, 0 with one for all
   Inverse(const torch::Tensor& p, const torch::Tensor& f, const torch::Tensor& u)
-      : ptr(p.data_ptr<int32_t>()), flat(f.data_ptr<int32_t>()), unit(u.data_ptr<int32_t>()), each(p.size(0) > 1) {}
+      : ptr(p.data_ptr<int32_t>()), flat(f.data_ptr<int32_t>()), unit(u.data_ptr<int32_t>()),
+        each(p.size(0) > 1) {}
   const int32_t* ptr_of(int64_t n, int64_t D) const { return ptr + n * each * (D + 1); }
   const int32_t* flat_of(int64_t n, int64_t E) const { return flat + n * each * E; }
   const int32_t* unit_of(int64_t n, int64_t E) const { return unit + n * each * E; }
@@ -85,8 +87,9 @@ typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
 constexpr int64_t kByUnit = 32;
 
 // Units come in groups that read the same inputs: spatial masks give every location's 3 x 3 patch
-// to 12 units, random and predictive masks each neighbourhood to the units of its centre. The
-// units are visited group by group (members, group g's first at group_start[g]), and by_input and
+// to 12 units (random and predictive masks give each neighbourhood to the 2 to 4 units of its
+// centre, too few to gain: sparse_dqn._by_unit leaves those one unit a group). The units are
+// visited group by group (members, group g's first at group_start[g]), and by_input and
 // by_flat hold their rows in that order, so that they stream through memory. Up to kChunk units
 // of a group are summed together: each input column is loaded once for all of them, and their
 // 2 * kChunk independent sums keep the multiply-adders busy.
@@ -135,8 +138,8 @@ static void forward_by_unit(const float* x, const float* w, const float* bias, c
 }
 
 // Whether summing unit by unit is the cheaper way for one agent's batch (x (D, B)), for units not
-// grouped (in groups of kChunk, as spatial masks' are, it is cheaper on MinAtar's observations at
-// any population size, and deciding costs a pass over x: benchmarks/forward_paths.py). By unit, every
+// grouped. (Grouped, as spatial masks' are, by unit is cheaper on MinAtar's observations at any
+// population size, and deciding costs a pass over x: benchmarks/forward_paths.py.) By unit, every
 // entry of the mask costs one pass over the lanes. By input, an input off in every sample costs
 // nothing, one on in a few samples a few scalar adds per entry, and one on in more about six
 // passes over the lanes per entry: each reads and writes its unit's row (benchmarks/kernels.py).
@@ -155,7 +158,7 @@ static bool by_unit_is_cheaper(const float* x, const int32_t* ptr, int64_t D, in
 // MKL runs at a few GFLOP/s in that layout; these sums are added in MKL's order for it, so they
 // give its bits (tests/test_network.py): each product rounded on its own, no fused multiply-add,
 // added in unit order from zero, the bias last. Whole vectors of the batch at a time, every action
-// in registers: 9x MKL's speed for 64 agents at a batch of 32 (benchmarks/head_layout.py).
+// in registers: 12x MKL's speed for 64 agents at a batch of 32 (benchmarks/head_layout.py).
 // GCC's default -ffp-contract=fast would fuse the multiply and the add, and the function-level
 // switch below does not reach into a lambda, so the sums live in a function of their own.
 constexpr int64_t kMaxActions = 8;
@@ -228,7 +231,7 @@ static void forward_by_input(const float* xa, const float* w, const float* bias,
 }
 
 // xt (N, D, B), weight (N, U * K), bias (N, U) -> relu(pre-activation + bias), (N, U, B), and
-// with head_w (N, A, U) and head_b (N, A) the Q-values (N, B, A) of head_forward as well, each
+// with head_w (N, A, U) and head_b (N, A) the Q-values (N, B, A) of head_forward_agent too, each
 // agent's taken while its activations are still in cache. keep false: the activations are not
 // wanted (the target network's pass), and stay in a buffer of the thread's, never written out
 // to memory, where an agent is computed in one piece.
@@ -541,7 +544,8 @@ static void head_grad_weight_agent(const float* __restrict__ out, const float* _
   for (; u0 + kLanes <= U; u0 += kLanes) {
     Vec rows[2][kLanes];  // samples 0-15 and 16-31 of units u0..u0+15, then transposed: by sample
     for (int64_t i = 0; i < kLanes; ++i)
-      for (int half = 0; half < 2; ++half) std::memcpy(&rows[half][i], out + (u0 + i) * kHeadBatch + half * kLanes, sizeof(Vec));
+      for (int half = 0; half < 2; ++half)
+        std::memcpy(&rows[half][i], out + (u0 + i) * kHeadBatch + half * kLanes, sizeof(Vec));
     transpose16(rows[0]);
     transpose16(rows[1]);
     const Vec* sample[kHeadBatch];
@@ -940,8 +944,8 @@ std::vector<torch::Tensor> replay_sample(torch::Tensor obs, torch::Tensor next_o
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_forward", &sparse_forward, py::arg("xt"), py::arg("weight"), py::arg("bias"), py::arg("ptr"),
-        py::arg("flat"), py::arg("unit"), py::arg("by_input"), py::arg("by_flat"), py::arg("members"), py::arg("group_start"),
-        py::arg("groups"), py::arg("by_unit") = -1);
+        py::arg("flat"), py::arg("unit"), py::arg("by_input"), py::arg("by_flat"), py::arg("members"),
+        py::arg("group_start"), py::arg("groups"), py::arg("by_unit") = -1);
   m.def("sparse_grad_weight", &sparse_grad_weight);
   m.def("sparse_grad_input", &sparse_grad_input);
   m.def("relu_grad", &relu_grad);

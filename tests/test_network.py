@@ -117,17 +117,19 @@ def test_the_cpp_head_is_mkls_baddbmm_bit_for_bit_in_values_and_gradients(cpp_ke
     """q_values of sparse agents for a batch (the update's) takes the C++ head, which must give the
     bits of the layer's output seen transposed through torch.baddbmm (how it ran before, and how
     acting and the GPU run it): values with and without gradients, and the gradients of all four
-    parameters, at the study's
-    sizes, for one agent and several, for batches around the DQN's 32, and for unit counts whose
-    weight gradient MKL sums in another order (odd) or that are not whole vectors."""
+    parameters (learned) or of the head's alone (frozen), at the study's sizes, for one agent and
+    several, spatial masks (grouped, alike) and random ones, batches around the DQN's 32, and unit
+    counts whose weight gradient MKL sums in another order (odd) or that are not whole vectors."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        for agents, batch, units in ((1, 32, 1200), (5, 32, 1200), (3, 16, 1200), (2, 33, 1200), (2, 64, 1200),
-                                     (2, 32, 1201), (2, 32, 250)):
+        for agents, batch, units, arch in ((1, 32, 1200, "random"), (5, 32, 1200, "random"), (4, 32, 1200, "spatial"),
+                                           (3, 16, 1200, "random"), (2, 33, 1200, "spatial"), (2, 64, 1200, "random"),
+                                           (2, 32, 1201, "random"), (2, 32, 250, "random")):
             cfg = sd.Config(env=env, hidden_units=units)
             torch.manual_seed(agents * batch)
-            masks = torch.stack([sd.random_mask(cfg, seed) for seed in range(agents)])
+            masks = torch.stack([sd.random_mask(cfg, seed) if arch == "random" else sd.spatial_mask(cfg)
+                                 for seed in range(agents)])
             plan = sd.sparse_plan(masks, cfg.input_size)
             params = {"index": masks, "hidden_w": torch.randn(agents, cfg.hidden_units, cfg.k) * 0.2,
                       "hidden_b": torch.randn(agents, cfg.hidden_units) * 0.1,
@@ -135,19 +137,20 @@ def test_the_cpp_head_is_mkls_baddbmm_bit_for_bit_in_values_and_gradients(cpp_ke
                       "head_b": torch.randn(agents, sd.NUM_ACTIONS) * 0.1}
             x = (torch.rand(agents, batch, cfg.input_size) < 0.1).float()
             upstream = torch.randn(agents, batch, sd.NUM_ACTIONS)
-            learned = ("hidden_w", "hidden_b", "head_w", "head_b")
-            results = []
-            for through_mkl in (True, False):
-                p = {name: t.clone().requires_grad_(name in learned) for name, t in params.items()}
-                if through_mkl:
-                    hidden = sd.sparse_relu_layer(x, p["hidden_w"], p["hidden_b"], plan).transpose(1, 2)
-                    q = torch.baddbmm(p["head_b"].unsqueeze(1), hidden, p["head_w"].transpose(1, 2))
-                else:
-                    q = sd.q_values(p, x, plan)
-                results.append((q.detach(), *torch.autograd.grad((q * upstream).sum(), [p[n] for n in learned])))
-            for theirs, mine in zip(*results):
-                assert torch.equal(mine.contiguous().view(torch.int32), theirs.contiguous().view(torch.int32)), \
-                    (agents, batch)
+            for learned in (("hidden_w", "hidden_b", "head_w", "head_b"), ("head_w", "head_b")):
+                results = []
+                for through_mkl in (True, False):
+                    p = {name: t.clone().requires_grad_(name in learned) for name, t in params.items()}
+                    if through_mkl:
+                        hidden = sd.sparse_relu_layer(x, p["hidden_w"], p["hidden_b"], plan).transpose(1, 2)
+                        q = torch.baddbmm(p["head_b"].unsqueeze(1), hidden, p["head_w"].transpose(1, 2))
+                    else:
+                        q = sd.q_values(p, x, plan)
+                    grads = torch.autograd.grad((q * upstream).sum(), [p[name] for name in learned])
+                    results.append((q.detach(), *grads))
+                for theirs, mine in zip(*results):
+                    assert torch.equal(mine.contiguous().view(torch.int32), theirs.contiguous().view(torch.int32)), \
+                        (agents, batch, units, arch, len(learned))
             with torch.no_grad():  # the target network's pass, whose activations are never kept
                 assert torch.equal(sd.q_values(params, x, plan).view(torch.int32), results[0][0].view(torch.int32))
     finally:
