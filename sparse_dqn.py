@@ -803,9 +803,7 @@ def _alike(index: torch.Tensor) -> torch.Tensor:
 
 def _inverse(index: torch.Tensor, inputs: int) -> tuple:
     """(ptr (N, inputs + 1), flat (N, units * k), unit (N, units * k)) as int32: the entries of
-    input i of agent n are flat[n, ptr[n, i]:ptr[n, i + 1]], weights of units unit[n, ...]. N is
-    1 for masks all alike (_alike)."""
-    index = _alike(index)
+    input i of agent n are flat[n, ptr[n, i]:ptr[n, i + 1]], weights of units unit[n, ...]."""
     n, u, k = index.shape
     by_input = torch.argsort(index.reshape(n, u * k), dim=1, stable=True)
     counts = torch.zeros(n, inputs, dtype=torch.long).scatter_add_(1, index.reshape(n, u * k),
@@ -823,9 +821,7 @@ def _by_unit(index: torch.Tensor) -> tuple:
     groups (N,)) as int32. The units grouped by the inputs they read: group g of agent n is
     members[n, group_start[n, g]:group_start[n, g + 1]], for g below groups[n]. Row i of inputs
     and flat (k entries) are unit members[n, i]'s inputs in ascending order (ties in mask order)
-    and the positions of their weights in the agent's (units * k) row. N is 1 for masks all alike
-    (_alike)."""
-    index = _alike(index)
+    and the positions of their weights in the agent's (units * k) row."""
     n, u, k = index.shape
     inputs, order = torch.sort(index, dim=2, stable=True)
     flat = order + torch.arange(u).view(1, u, 1) * k
@@ -858,7 +854,10 @@ def sparse_plan(index: torch.Tensor, inputs: int, masked_dense: bool | None = No
     if masked_dense:
         return SparsePlan(None, None, inputs, index=index)
     native = index.device.type == "cpu" and _kernels() is not None
-    inverse, by_unit = (_inverse(index, inputs), _by_unit(index)) if native else (None, None)
+    inverse = by_unit = None
+    if native:  # the kernels' tables, one set for masks all alike
+        shared = _alike(index)
+        inverse, by_unit = _inverse(shared, inputs), _by_unit(shared)
     flat = (index + torch.arange(n, device=index.device).view(n, 1, 1) * inputs).view(n * u, k)
     crow = torch.arange(0, n * u * k + 1, k, device=index.device)
     with warnings.catch_warnings():  # sparse CSR is "beta" in torch; we rely only on sampled_addmm

@@ -451,7 +451,7 @@ torch::Tensor sparse_grad_input(torch::Tensor grad, torch::Tensor weight, torch:
   return gx;
 }
 
-// The head alone, h (N, U, B) contiguous: for benchmarks/head_layout.py and the tests.
+// The head alone, h (N, U, B) contiguous: for benchmarks/head_layout.py.
 torch::Tensor head_forward(torch::Tensor h, torch::Tensor weight, torch::Tensor bias) {
   const int64_t N = h.size(0), U = h.size(1), B = h.size(2), A = weight.size(1);
   TORCH_CHECK(h.is_contiguous() && weight.is_contiguous() && bias.is_contiguous() && A <= kMaxActions &&
@@ -540,10 +540,10 @@ static void head_grad_weight_agent(const float* __restrict__ out, const float* _
   static_assert(kHeadBatch == 2 * kLanes, "a unit's row of the batch is two vectors");
   Vec odd_lanes;
   for (int j = 0; j < kLanes; ++j) odd_lanes[j] = float(j & 1);
-  int64_t u0 = 0;
-  for (; u0 + kLanes <= U; u0 += kLanes) {
-    Vec rows[2][kLanes];  // samples 0-15 and 16-31 of units u0..u0+15, then transposed: by sample
-    for (int64_t i = 0; i < kLanes; ++i)
+  for (int64_t u0 = 0; u0 < U; u0 += kLanes) {
+    const int64_t width = std::min<int64_t>(kLanes, U - u0);  // the last tile's missing units: zeros
+    Vec rows[2][kLanes] = {};  // samples 0-15 and 16-31 of units u0..u0+15, then transposed: by sample
+    for (int64_t i = 0; i < width; ++i)
       for (int half = 0; half < 2; ++half)
         std::memcpy(&rows[half][i], out + (u0 + i) * kHeadBatch + half * kLanes, sizeof(Vec));
     transpose16(rows[0]);
@@ -556,7 +556,7 @@ static void head_grad_weight_agent(const float* __restrict__ out, const float* _
         const Vec product = *sample[b] * g[b * kHeadActions + a];
         acc = acc + product;
       }
-      if (a < 2) {  // the odd units' order
+      if (a < 2) {  // the odd units' order (u0 is even: a lane's parity is its unit's)
         Vec eights = Vec{};
         for (int64_t b0 = 0; b0 < kHeadBatch; b0 += 8) {
           for (int64_t b = b0; b < b0 + 4; ++b) {
@@ -572,34 +572,9 @@ static void head_grad_weight_agent(const float* __restrict__ out, const float* _
         }
         acc = odd_lanes != 0.f ? eights : acc;
       }
-      std::memcpy(gw + a * U + u0, &acc, sizeof acc);
+      std::memcpy(gw + a * U + u0, &acc, width * sizeof(float));
     }
   }
-  for (; u0 < U; ++u0)
-    for (int64_t a = 0; a < kHeadActions; ++a) {
-      const float* row = out + u0 * kHeadBatch;
-      float acc = 0.f;
-      if ((u0 & 1) && a < 2) {
-        for (int64_t b0 = 0; b0 < kHeadBatch; b0 += 8) {
-          for (int64_t b = b0; b < b0 + 4; ++b) {
-            const float product = row[b] * g[b * kHeadActions + a];
-            acc = acc + product;
-          }
-          float last = row[b0 + 4] * g[(b0 + 4) * kHeadActions + a];
-          for (int64_t b = b0 + 5; b < b0 + 8; ++b) {
-            const float product = row[b] * g[b * kHeadActions + a];
-            last = last + product;
-          }
-          acc = acc + last;
-        }
-      } else {
-        for (int64_t b = 0; b < kHeadBatch; ++b) {
-          const float product = row[b] * g[b * kHeadActions + a];
-          acc = acc + product;
-        }
-      }
-      gw[a * U + u0] = acc;
-    }
 }
 #pragma GCC pop_options
 
