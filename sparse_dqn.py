@@ -603,8 +603,11 @@ def _pan_of(cfg: Config, seed: int):
                 cfg.sticky_action_prob, cfg.difficulty_ramping)
 
 
+@functools.lru_cache(maxsize=None)
 def _nearest_first(env: str) -> torch.Tensor:
-    """(inputs, inputs): for each centre, every input ordered by grid distance (spatial's order)."""
+    """(inputs, inputs): for each centre, every input ordered by grid distance (spatial's order).
+    One copy per game, shared by every caller (none writes to it): a population of 64 spatial
+    agents sorted it 64 times, a quarter of a short run's set-up."""
     rc = input_coords(env)[:, 1:].float()
     return torch.argsort(torch.cdist(rc, rc), dim=1, stable=True)
 
@@ -791,7 +794,7 @@ class SparsePlan:
     inverse: tuple | None = None  # for the C++ kernels: the masks read by input (one set if alike)
     by_unit: tuple | None = None  # for the C++ forward: each unit's inputs sorted, their weights, its group
     index: torch.Tensor | None = None  # (N, units, k), for the masked-dense layout alone
-    dense: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)  # see _scatter_dense
+    cache: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)  # see _per_weight
 
 
 def _alike(index: torch.Tensor) -> torch.Tensor:
@@ -929,19 +932,51 @@ class _MaskedDenseLinear(torch.autograd.Function):
 
 def _scatter_dense(weight: torch.Tensor, plan: SparsePlan) -> torch.Tensor:
     """weight (N, units, k) as (N, units, inputs) with zeros off the mask, kept for each weight
-    tensor until it changes in place (its version counter moves): in one frame, acting and the
-    update read the same online weights, and the target's change only when it is synced. Made
-    anew for each of a frame's three forward passes, the scatters alone took 2.9 of about 11 ms
-    per learning frame of 1,024 agents on an H200 (benchmarks/gpu_profile_h200_after.txt)."""
-    key = id(weight)
-    hit = plan.dense.get(key)
+    tensor until it changes in place (_per_weight): in one frame, acting and the update read the
+    same online weights, and the target's change only when it is synced. Made anew for each of a
+    frame's three forward passes, the scatters alone took 2.9 of about 11 ms per learning frame of
+    1,024 agents on an H200 (benchmarks/gpu_profile_h200_after.txt)."""
+    def scatter():
+        n, u, _ = weight.shape
+        return weight.new_zeros(n, u, plan.inputs).scatter_(2, plan.index, weight.detach())
+    return _per_weight(plan, weight, "dense", scatter)
+
+
+def _per_weight(plan: SparsePlan, weight: torch.Tensor, kind: str, make):
+    """make(), a layout of weight's, kept in the plan until weight changes in place (its version
+    counter moves) or is freed."""
+    key = (kind, id(weight))
+    hit = plan.cache.get(key)
     if hit is not None and hit[0]() is weight and hit[1] == weight._version:
         return hit[2]
-    n, u, _ = weight.shape
-    dense = weight.new_zeros(n, u, plan.inputs).scatter_(2, plan.index, weight.detach())
-    cache = plan.dense  # not the plan itself: the callback must not keep it alive
-    plan.dense[key] = (weakref.ref(weight, lambda _: cache.pop(key, None)), weight._version, dense)
-    return dense
+    made = make()
+    cache = plan.cache  # not the plan itself: the callback must not keep it alive
+    plan.cache[key] = (weakref.ref(weight, lambda _: cache.pop(key, None)), weight._version, made)
+    return made
+
+
+def _grouped_weights(weight: torch.Tensor, plan: SparsePlan) -> torch.Tensor | None:
+    """For weights that do not learn (frozen hidden weights, the target network's), a copy (N,
+    units * k) laid out for the C++ forward: group by group (plan.by_unit), input by input, the
+    group's members side by side. A batch's inputs that are on then read a few short runs of
+    weights instead of one weight per unit row, and acting sums a group's members at once. None
+    for weights that learn: they change with every update, and a copy would cost a pass of its own."""
+    if weight.requires_grad:
+        return None
+    order = plan.cache.get("grouped order")
+    if order is None:
+        _, flat, members, group_start, groups = plan.by_unit
+        m, u = members.shape
+        k = flat.shape[1] // u
+        row = torch.arange(u).repeat(m, 1)
+        group = torch.searchsorted(group_start.long(), row, right=True) - 1
+        first = group_start.long().gather(1, group)
+        size = group_start.long().gather(1, group + 1) - first
+        at = (first * k + (row - first)).unsqueeze(2) + torch.arange(k).view(1, 1, k) * size.unsqueeze(2)
+        order = torch.empty(m, u * k, dtype=torch.long).scatter_(1, at.view(m, u * k), flat.long())
+        plan.cache["grouped order"] = order
+    n = weight.shape[0]
+    return _per_weight(plan, weight, "grouped", lambda: weight.detach().reshape(n, -1).gather(1, order.expand(n, -1)))
 
 
 class _SparseReluCpp(torch.autograd.Function):
@@ -953,7 +988,8 @@ class _SparseReluCpp(torch.autograd.Function):
         n, u, k = weight.shape
         xt = x.transpose(1, 2).contiguous()  # (N, inputs, B)
         flat_w = weight.reshape(n, u * k).contiguous()
-        out = _kernels().sparse_forward(xt, flat_w, bias.contiguous(), *plan.inverse, *plan.by_unit)
+        out = _kernels().sparse_forward(xt, flat_w, bias.contiguous(), *plan.inverse, *plan.by_unit,
+                                        grouped_w=_grouped_weights(weight, plan))
         ctx.save_for_backward(xt, flat_w, out)
         ctx.plan, ctx.shape = plan, weight.shape
         return out
@@ -983,7 +1019,7 @@ class _SparseQCpp(torch.autograd.Function):
         flat_w = weight.reshape(n, u * k).contiguous()
         keep = any(ctx.needs_input_grad)  # the activations, for backward; the target's pass has none
         out, q = _kernels().sparse_q(xt, flat_w, bias.contiguous(), *plan.inverse, *plan.by_unit,
-                                     head_w.contiguous(), head_b.contiguous(), keep)
+                                     head_w.contiguous(), head_b.contiguous(), keep, _grouped_weights(weight, plan))
         if keep:
             ctx.save_for_backward(xt, flat_w, out, head_w)
         ctx.plan, ctx.shape = plan, weight.shape
@@ -1131,8 +1167,10 @@ class Replay:
         self._native = native_kernels(device, native)  # pack and sample
         nbytes = (input_size + 7) // 8
         self.capacity, self.input_size, self.size, self.pos = capacity, input_size, 0, 0
-        self.obs = torch.zeros(agents, capacity, nbytes, dtype=torch.uint8, device=device)
-        self.next_obs = torch.zeros_like(self.obs)
+        # Slots are read only once written (sample draws below size): left unfilled, the rings'
+        # pages are touched as they fill, not all at once (1 GB for 64 agents at the default size).
+        self.obs = torch.empty(agents, capacity, nbytes, dtype=torch.uint8, device=device)
+        self.next_obs = torch.empty_like(self.obs)
         self.action = torch.zeros(agents, capacity, dtype=torch.uint8, device=device)
         self.reward = torch.zeros(agents, capacity, device=device)
         self.done = torch.zeros(agents, capacity, device=device)

@@ -14,7 +14,7 @@
 #include <cmath>
 #include <cstring>
 #if defined(__SSE__)
-#include <xmmintrin.h>
+#include <immintrin.h>
 #endif
 
 namespace {
@@ -95,23 +95,28 @@ constexpr int64_t kByUnit = 32;
 // 2 * kChunk independent sums keep the multiply-adders busy.
 constexpr int kChunk = 6;
 
+// The weights of unit m's e-th input are w[flat[m * K + e]] in the agent's own (units * k) layout,
+// or, from grouped weights (flat null), w[e * size + m]: the group's weights input by input, its
+// `size` members side by side, so that the few inputs on in a batch read a few short runs.
 template <int64_t kB, int kM>  // the batch, whole vectors of kLanes; the units summed together
 static void forward_chunk(const float* __restrict__ x, const float* __restrict__ w, const float* bias,
-                          const int32_t* inputs, const int32_t* flat, const int32_t* units, int64_t K,
-                          float* __restrict__ out) {
+                          const int32_t* inputs, const int32_t* flat, int64_t size, const int32_t* units,
+                          int64_t K, const uint64_t* live, float* __restrict__ out) {
   constexpr int64_t kV = kB / kLanes;
   Vec acc[kM][kV];
   for (int m = 0; m < kM; ++m)
     for (int64_t v = 0; v < kV; ++v) acc[m][v] = Vec{} + bias[units[m]];
-  for (int64_t e = 0; e < K; ++e) {
-    const float* column = x + int64_t(inputs[e]) * kB;
-    Vec c[kV];
-    for (int64_t v = 0; v < kV; ++v) std::memcpy(&c[v], column + v * kLanes, sizeof c[v]);
-    for (int m = 0; m < kM; ++m) {
-      const float we = w[flat[m * K + e]];
-      for (int64_t v = 0; v < kV; ++v) acc[m][v] += we * c[v];
+  for (int64_t word = 0; word * 64 < K; ++word)
+    for (uint64_t bits = live[word]; bits; bits &= bits - 1) {
+      const int64_t e = word * 64 + __builtin_ctzll(bits);
+      const float* column = x + int64_t(inputs[e]) * kB;
+      Vec c[kV];
+      for (int64_t v = 0; v < kV; ++v) std::memcpy(&c[v], column + v * kLanes, sizeof c[v]);
+      for (int m = 0; m < kM; ++m) {
+        const float we = flat ? w[flat[m * K + e]] : w[e * size + m];
+        for (int64_t v = 0; v < kV; ++v) acc[m][v] += we * c[v];
+      }
     }
-  }
   for (int m = 0; m < kM; ++m)
     for (int64_t v = 0; v < kV; ++v) {
       const Vec r = acc[m][v] > 0.f ? acc[m][v] : Vec{};
@@ -120,21 +125,78 @@ static void forward_chunk(const float* __restrict__ x, const float* __restrict__
 }
 
 template <int64_t kB>
-static void forward_by_unit(const float* x, const float* w, const float* bias, const int32_t* by_input,
-                            const int32_t* by_flat, const int32_t* members, const int32_t* group_start,
-                            int64_t g0, int64_t g1, int64_t K, float* out) {
-  for (int64_t g = g0; g < g1; ++g)
-    for (int32_t i = group_start[g]; i < group_start[g + 1]; i += kChunk) {
-      const int32_t *inputs = by_input + int64_t(i) * K, *flat = by_flat + int64_t(i) * K, *units = members + i;
-      switch (std::min<int32_t>(kChunk, group_start[g + 1] - i)) {
-        case 6: forward_chunk<kB, 6>(x, w, bias, inputs, flat, units, K, out); break;
-        case 5: forward_chunk<kB, 5>(x, w, bias, inputs, flat, units, K, out); break;
-        case 4: forward_chunk<kB, 4>(x, w, bias, inputs, flat, units, K, out); break;
-        case 3: forward_chunk<kB, 3>(x, w, bias, inputs, flat, units, K, out); break;
-        case 2: forward_chunk<kB, 2>(x, w, bias, inputs, flat, units, K, out); break;
-        default: forward_chunk<kB, 1>(x, w, bias, inputs, flat, units, K, out);
+static void nonzero_columns(const float* x, int64_t D, uint8_t* nonzero) {
+  for (int64_t i = 0; i < D; ++i) {
+#if defined(__AVX512F__)
+    __mmask16 on = 0;
+    for (int64_t v = 0; v < kB / 16; ++v)
+      on |= _mm512_cmp_ps_mask(_mm512_loadu_ps(x + i * kB + v * 16), _mm512_setzero_ps(), _CMP_NEQ_UQ);
+    nonzero[i] = on != 0;
+#else
+    bool on = false;
+    for (int64_t b = 0; b < kB; ++b) on |= x[i * kB + b] != 0.f;
+    nonzero[i] = on;
+#endif
+  }
+}
+
+// The bits of a group's live inputs (its input e on in some sample: bit e).
+static void live_inputs(const uint8_t* nonzero, const int32_t* group_inputs, int64_t K, uint64_t* live) {
+  for (int64_t word = 0; word * 64 < K; ++word) {
+    uint64_t bits = 0;
+    for (int64_t e = word * 64; e < std::min<int64_t>(K, word * 64 + 64); ++e)
+      bits |= uint64_t(nonzero[group_inputs[e]]) << (e - word * 64);
+    live[word] = bits;
+  }
+}
+
+// A group's inputs that are off in every sample are skipped (MinAtar's batches leave 75 to 80% of
+// a spatial group's input columns zero): adding their zero products changes no sum. gw: the
+// grouped weights (forward_chunk), or null.
+template <int64_t kB>
+static void forward_by_unit(const float* x, const float* w, const float* gw, const float* bias,
+                            const int32_t* by_input, const int32_t* by_flat, const int32_t* members,
+                            const int32_t* group_start, int64_t g0, int64_t g1, int64_t D, int64_t K, float* out) {
+  std::vector<uint8_t> nonzero(D);
+  std::vector<uint64_t> live((K + 63) / 64);
+  nonzero_columns<kB>(x, D, nonzero.data());
+  for (int64_t g = g0; g < g1; ++g) {
+    const int64_t first = group_start[g], size = group_start[g + 1] - first;
+    live_inputs(nonzero.data(), by_input + first * K, K, live.data());  // alike for every member
+    for (int64_t i = first; i < first + size; i += kChunk) {
+      const int32_t *inputs = by_input + i * K, *flat = gw ? nullptr : by_flat + i * K, *units = members + i;
+      const float* wi = gw ? gw + first * K + (i - first) : w;
+      switch (std::min<int64_t>(kChunk, first + size - i)) {
+        case 6: forward_chunk<kB, 6>(x, wi, bias, inputs, flat, size, units, K, live.data(), out); break;
+        case 5: forward_chunk<kB, 5>(x, wi, bias, inputs, flat, size, units, K, live.data(), out); break;
+        case 4: forward_chunk<kB, 4>(x, wi, bias, inputs, flat, size, units, K, live.data(), out); break;
+        case 3: forward_chunk<kB, 3>(x, wi, bias, inputs, flat, size, units, K, live.data(), out); break;
+        case 2: forward_chunk<kB, 2>(x, wi, bias, inputs, flat, size, units, K, live.data(), out); break;
+        default: forward_chunk<kB, 1>(x, wi, bias, inputs, flat, size, units, K, live.data(), out);
       }
     }
+  }
+}
+
+// One sample (acting) from grouped weights: each group adds its live inputs' runs of weights,
+// all members at once, in ascending input order, as the loop over inputs would.
+static void forward_one_grouped(const float* x, const float* gw, const float* bias, const int32_t* by_input,
+                                const int32_t* members, const int32_t* group_start, int64_t g0, int64_t g1,
+                                int64_t K, float* out) {
+  std::vector<float> acc;
+  for (int64_t g = g0; g < g1; ++g) {
+    const int64_t first = group_start[g], size = group_start[g + 1] - first;
+    const int32_t* inputs = by_input + first * K;
+    const float* w = gw + first * K;
+    acc.resize(size);
+    for (int64_t m = 0; m < size; ++m) acc[m] = bias[members[first + m]];
+    for (int64_t e = 0; e < K; ++e) {
+      const float xe = x[inputs[e]];
+      if (xe == 0.f) continue;
+      for (int64_t m = 0; m < size; ++m) acc[m] += w[e * size + m] * xe;
+    }
+    for (int64_t m = 0; m < size; ++m) out[members[first + m]] = acc[m] > 0.f ? acc[m] : 0.f;
+  }
 }
 
 // Whether summing unit by unit is the cheaper way for one agent's batch (x (D, B)), for units not
@@ -234,12 +296,13 @@ static void forward_by_input(const float* xa, const float* w, const float* bias,
 // with head_w (N, A, U) and head_b (N, A) the Q-values (N, B, A) of head_forward_agent too, each
 // agent's taken while its activations are still in cache. keep false: the activations are not
 // wanted (the target network's pass), and stay in a buffer of the thread's, never written out
-// to memory, where an agent is computed in one piece.
+// to memory, where an agent is computed in one piece. grouped_w: the same weights grouped (see
+// forward_chunk; sparse_dqn._grouped_weights), read instead of weight where given.
 static std::vector<torch::Tensor> sparse_layer(
     torch::Tensor xt, torch::Tensor weight, torch::Tensor bias, torch::Tensor ptr, torch::Tensor flat,
     torch::Tensor unit, torch::Tensor by_input, torch::Tensor by_flat, torch::Tensor members,
     torch::Tensor group_start, torch::Tensor groups, int64_t by_unit, c10::optional<torch::Tensor> head_w,
-    c10::optional<torch::Tensor> head_b, bool keep) {
+    c10::optional<torch::Tensor> head_b, bool keep, c10::optional<torch::Tensor> grouped_w) {
   const int64_t N = xt.size(0), D = xt.size(1), B = xt.size(2), E = weight.size(1), U = bias.size(1);
   const int64_t A = head_w ? head_w->size(1) : 0;
   TORCH_CHECK(!head_w || (head_w->is_contiguous() && head_b->is_contiguous() && A <= kMaxActions &&
@@ -251,6 +314,9 @@ static std::vector<torch::Tensor> sparse_layer(
   const float* xp = xt.data_ptr<float>();
   const float* wp = weight.data_ptr<float>();
   const float* bp = bias.data_ptr<float>();
+  TORCH_CHECK(!grouped_w || (grouped_w->is_contiguous() && grouped_w->sizes() == weight.sizes()),
+              "sparse_q: grouped_w (N, U * K), contiguous");
+  const float* gwp = grouped_w ? grouped_w->data_ptr<float>() : nullptr;
   float* op = keep ? out.data_ptr<float>() : nullptr;
   const Inverse inv(ptr, flat, unit);
   const int32_t* bi = by_input.data_ptr<int32_t>();
@@ -279,9 +345,13 @@ static std::vector<torch::Tensor> sparse_layer(
         FlushDenormals flush;
         if (unit_wise[n]) {
           const int64_t m = n * own_groups;
-          forward_by_unit<kByUnit>(xp + n * D * B, wp + n * E, bp + n * U, bi + m * E, bf + m * E, mp + m * U,
-                                   gs + m * (U + 1), gc[m] * part / parts, gc[m] * (part + 1) / parts, E / U,
-                                   agent_out);
+          forward_by_unit<kByUnit>(xp + n * D * B, wp + n * E, gwp ? gwp + n * E : nullptr, bp + n * U,
+                                   bi + m * E, bf + m * E, mp + m * U, gs + m * (U + 1), gc[m] * part / parts,
+                                   gc[m] * (part + 1) / parts, D, E / U, agent_out);
+        } else if (B == 1 && gwp && gc[n * own_groups] * kChunk <= U) {
+          const int64_t m = n * own_groups;
+          forward_one_grouped(xp + n * D, gwp + n * E, bp + n * U, bi + m * E, mp + m * U, gs + m * (U + 1), 0,
+                              gc[m], E / U, agent_out);
         } else {
           forward_by_input(xp + n * D * B, wp + n * E, bp + n * U, inv.ptr_of(n, D), inv.flat_of(n, E),
                            inv.unit_of(n, E), D, U, B, B * part / parts, B * (part + 1) / parts, agent_out);
@@ -300,9 +370,10 @@ static std::vector<torch::Tensor> sparse_layer(
 torch::Tensor sparse_forward(torch::Tensor xt, torch::Tensor weight, torch::Tensor bias, torch::Tensor ptr,
                              torch::Tensor flat, torch::Tensor unit, torch::Tensor by_input, torch::Tensor by_flat,
                              torch::Tensor members, torch::Tensor group_start, torch::Tensor groups,
-                             int64_t by_unit = -1) {  // 1 or 0 forces a way (the tests compare them), -1 chooses
+                             int64_t by_unit = -1,  // 1 or 0 forces a way (the tests compare them), -1 chooses
+                             c10::optional<torch::Tensor> grouped_w = c10::nullopt) {
   return sparse_layer(xt, weight, bias, ptr, flat, unit, by_input, by_flat, members, group_start, groups, by_unit,
-                      c10::nullopt, c10::nullopt, true)[0];
+                      c10::nullopt, c10::nullopt, true, grouped_w)[0];
 }
 
 // The layer and the head in one pass: (activations, or an undefined tensor where keep is false;
@@ -310,9 +381,10 @@ torch::Tensor sparse_forward(torch::Tensor xt, torch::Tensor weight, torch::Tens
 std::vector<torch::Tensor> sparse_q(torch::Tensor xt, torch::Tensor weight, torch::Tensor bias, torch::Tensor ptr,
                                     torch::Tensor flat, torch::Tensor unit, torch::Tensor by_input,
                                     torch::Tensor by_flat, torch::Tensor members, torch::Tensor group_start,
-                                    torch::Tensor groups, torch::Tensor head_w, torch::Tensor head_b, bool keep) {
+                                    torch::Tensor groups, torch::Tensor head_w, torch::Tensor head_b, bool keep,
+                                    c10::optional<torch::Tensor> grouped_w) {
   return sparse_layer(xt, weight, bias, ptr, flat, unit, by_input, by_flat, members, group_start, groups, -1,
-                      head_w, head_b, keep);
+                      head_w, head_b, keep, grouped_w);
 }
 
 // grad (N, U, B) of the pre-activations, xt (N, D, B) -> weight gradient (N, U * K). Pieces of an
@@ -920,7 +992,8 @@ std::vector<torch::Tensor> replay_sample(torch::Tensor obs, torch::Tensor next_o
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_forward", &sparse_forward, py::arg("xt"), py::arg("weight"), py::arg("bias"), py::arg("ptr"),
         py::arg("flat"), py::arg("unit"), py::arg("by_input"), py::arg("by_flat"), py::arg("members"),
-        py::arg("group_start"), py::arg("groups"), py::arg("by_unit") = -1);
+        py::arg("group_start"), py::arg("groups"), py::arg("by_unit") = -1,
+        py::arg("grouped_w") = py::none());
   m.def("sparse_grad_weight", &sparse_grad_weight);
   m.def("sparse_grad_input", &sparse_grad_input);
   m.def("relu_grad", &relu_grad);

@@ -95,6 +95,14 @@ def test_the_cpp_forward_sums_alike_by_unit_and_by_input_bit_for_bit(cpp_kernels
                          for path in (1, 0))
     assert torch.equal(by_unit.view(torch.int32), by_input.view(torch.int32))
     assert torch.equal(by_unit, sd._kernels().sparse_forward(x, w, bias, *plan.inverse, *plan.by_unit))
+    # Weights that do not learn are read from a copy grouped for the forward, at the update's
+    # batch and at acting's batch of one; a learning weight is never copied.
+    grouped = sd._grouped_weights(w, plan)
+    assert sd._grouped_weights(w.clone().requires_grad_(), plan) is None
+    for xs in (x, x[:, :, :1].contiguous()):
+        reference = sd._kernels().sparse_forward(xs, w, bias, *plan.inverse, *plan.by_unit, by_unit=0)
+        mine = sd._kernels().sparse_forward(xs, w, bias, *plan.inverse, *plan.by_unit, grouped_w=grouped)
+        assert torch.equal(mine.view(torch.int32), reference.view(torch.int32))
 
 
 def test_the_cpp_relu_gradient_is_torchs_bit_for_bit_in_either_layout(cpp_kernels):
