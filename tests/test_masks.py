@@ -95,6 +95,19 @@ def test_top_k_breaks_ties_without_favouring_low_indices():
     assert counts[10] == 0 and counts[:25].sum() / counts.sum() == pytest.approx(0.5, abs=0.05)
 
 
+def test_largest_first_is_a_stable_descending_sort_cut_at_k():
+    """Masks take the k largest magnitudes of each row, ties in ascending position (nearest first,
+    for predictive masks): the integer-key shortcut must pick exactly what a stable sort picks,
+    with many exact ties (inputs PAN never saw), NaN (a diverged predictor) and infinity."""
+    torch.manual_seed(0)
+    values = torch.randn(50, 300).abs()
+    values[values < 1.0] = 0.0
+    values[3, 7], values[4, 9], values[4, 10] = float("nan"), float("inf"), float("inf")
+    for k in (1, 54, 300):
+        expected = torch.argsort(values, dim=1, descending=True, stable=True)[:, :k]
+        assert torch.equal(sd._largest_first(values, k), expected)
+
+
 def test_predictive_units_move_off_centres_that_never_vary_and_keep_their_counts():
     cfg = sd.Config(arch="predictive", pan_frames=2_000)
     report = sd.pan_report(cfg, 0)

@@ -74,6 +74,17 @@ def grouped_masks(n, u, k, d, alike):
     return patches.gather(2, shuffled).expand(n, u, k)
 
 
+def test_units_are_grouped_exactly_by_the_inputs_they_read():
+    """The forward sums the units of a group together, so a group must hold units with the same
+    inputs and nothing else: labels equal exactly where rows are, numbered by first appearance."""
+    torch.manual_seed(0)
+    rows = torch.randint(0, 3, (500, 4))
+    labels = sd._equal_rows(rows)
+    assert torch.equal(labels.unsqueeze(0) == labels.unsqueeze(1), (rows.unsqueeze(0) == rows.unsqueeze(1)).all(2))
+    firsts = [int(labels[i]) for i in range(len(rows)) if int(labels[i]) not in labels[:i]]
+    assert firsts == list(range(len(firsts)))
+
+
 @pytest.mark.parametrize("masks", ["random", "grouped", "grouped alike"])
 @pytest.mark.parametrize("density", [0.02, 0.1, 0.5, 1.0])
 def test_the_cpp_forward_sums_alike_by_unit_and_by_input_bit_for_bit(cpp_kernels, density, masks):
