@@ -178,13 +178,13 @@ static void forward_by_unit(const float* x, const float* w, const float* gw, con
   }
 }
 
-// One sample (acting) from grouped weights: each group adds its live inputs' runs of weights,
-// all members at once, in ascending input order, as the loop over inputs would.
+// One sample (acting) from grouped weights: each group adds its inputs that are on, in ascending
+// input order as the loop over inputs would, all members at once, from short runs of weights.
 static void forward_one_grouped(const float* x, const float* gw, const float* bias, const int32_t* by_input,
-                                const int32_t* members, const int32_t* group_start, int64_t g0, int64_t g1,
-                                int64_t K, float* out) {
+                                const int32_t* members, const int32_t* group_start, int64_t groups, int64_t K,
+                                float* out) {
   std::vector<float> acc;
-  for (int64_t g = g0; g < g1; ++g) {
+  for (int64_t g = 0; g < groups; ++g) {
     const int64_t first = group_start[g], size = group_start[g + 1] - first;
     const int32_t* inputs = by_input + first * K;
     const float* w = gw + first * K;
@@ -257,6 +257,17 @@ static void head_forward_agent(const float* __restrict__ h, const float* __restr
 }
 #pragma GCC pop_options
 
+// Where one sample reads weights in most of an agent's cache lines (predictive masks crowd their
+// units onto the inputs that are on most), it reads them in an order that defeats the hardware's
+// prefetching, waiting on memory for each line: the agent's weights are fetched into L2 in order
+// first. 75 to 44 us per agent for 64 Space Invaders predictive agents, one thread; where fewer
+// lines are read (spatial, random masks), not worth its cost (benchmarks/forward_paths.py).
+static void prefetch_weights(const float* w, int64_t E) {
+#if defined(__SSE__)
+  for (int64_t e = 0; e < E; e += 64 / sizeof(float)) _mm_prefetch(reinterpret_cast<const char*>(w + e), _MM_HINT_T1);
+#endif
+}
+
 // One agent's lanes b0..b1 of the batch, input by input: out (U, B) starts at the bias, an input
 // off in every sample of them costs one scan, one on in a few samples a few scalar adds per entry,
 // one on in more a vector loop over the lanes per entry; the ReLU last.
@@ -270,6 +281,11 @@ static void forward_by_input(const float* xa, const float* w, const float* bias,
     for (int64_t b = 0; b < width; ++b) o[j * B + b] = bj;
   }
   int32_t at[kFew];
+  if (width == 1) {  // acting: see prefetch_weights
+    int64_t touched = 0;
+    for (int64_t i = 0; i < D; ++i) touched += xa[i * B] != 0.f ? p[i + 1] - p[i] : 0;
+    if (touched * 8 > p[D]) prefetch_weights(w, p[D]);
+  }
   for (int64_t i = 0; i < D; ++i) {
     const float* x = xa + i * B + b0;
     const int count = few_nonzero(x, width, at);
@@ -348,10 +364,12 @@ static std::vector<torch::Tensor> sparse_layer(
           forward_by_unit<kByUnit>(xp + n * D * B, wp + n * E, gwp ? gwp + n * E : nullptr, bp + n * U,
                                    bi + m * E, bf + m * E, mp + m * U, gs + m * (U + 1), gc[m] * part / parts,
                                    gc[m] * (part + 1) / parts, D, E / U, agent_out);
-        } else if (B == 1 && gwp && gc[n * own_groups] * kChunk <= U) {
+        } else if (B == 1 && gwp && by_unit != 0 && gc[n * own_groups] * kChunk <= U) {
+          // From the agent's own layout, summing by group reads each member's row in turn: slower
+          // than the loop over inputs (6.9 against 6.0 us per agent, 64 Breakout spatial agents).
           const int64_t m = n * own_groups;
-          forward_one_grouped(xp + n * D, gwp + n * E, bp + n * U, bi + m * E, mp + m * U, gs + m * (U + 1), 0,
-                              gc[m], E / U, agent_out);
+          forward_one_grouped(xp + n * D, gwp + n * E, bp + n * U, bi + m * E, mp + m * U, gs + m * (U + 1), gc[m],
+                              E / U, agent_out);
         } else {
           forward_by_input(xp + n * D * B, wp + n * E, bp + n * U, inv.ptr_of(n, D), inv.flat_of(n, E),
                            inv.unit_of(n, E), D, U, B, B * part / parts, B * (part + 1) / parts, agent_out);
