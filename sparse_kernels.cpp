@@ -201,18 +201,37 @@ static void forward_one_grouped(const float* x, const float* gw, const float* bi
 
 // Whether summing unit by unit is the cheaper way for one agent's batch (x (D, B)), for units not
 // grouped. (Grouped, as spatial masks' are, by unit is cheaper on MinAtar's observations at any
-// population size, and deciding costs a pass over x: benchmarks/forward_paths.py.) By unit, every
-// entry of the mask costs one pass over the lanes. By input, an input off in every sample costs
-// nothing, one on in a few samples a few scalar adds per entry, and one on in more about six
-// passes over the lanes per entry: each reads and writes its unit's row (benchmarks/kernels.py).
-static bool by_unit_is_cheaper(const float* x, const int32_t* ptr, int64_t D, int64_t B, int64_t E) {
-  int64_t cost = 0;  // in eighths of a pass over the lanes
-  for (int64_t i = 0; i < D; ++i) {
-    int64_t on = 0;
-    for (int64_t b = 0; b < B; ++b) on += x[i * B + b] != 0.f;
-    cost += (ptr[i + 1] - ptr[i]) * (on == 0 ? 0 : on <= kFew ? 2 * on : 48);
+// population size, and deciding costs a pass over x: benchmarks/forward_paths.py.) By unit, an
+// entry whose input is off in every sample costs a test, any other one pass over the lanes. By
+// input, an input off in every sample costs nothing, one on in a few samples a few scalar adds per
+// entry, and one on in more about six passes over the lanes per entry: each reads and writes its
+// unit's row (benchmarks/kernels.py).
+// From this many agents on, their tables and rows no longer stay in cache, and reading them input
+// by input, a row here and a row there, costs two to four times as much per agent: by unit, 1.1
+// to 1.3 times (benchmarks/forward_paths.json).
+constexpr int64_t kCrowd = 16;
+
+static int64_t on_count(const float* column, int64_t B) {
+#if defined(__AVX512F__)
+  if (B == kByUnit) {
+    const __mmask16 lo = _mm512_cmp_ps_mask(_mm512_loadu_ps(column), _mm512_setzero_ps(), _CMP_NEQ_UQ);
+    const __mmask16 hi = _mm512_cmp_ps_mask(_mm512_loadu_ps(column + 16), _mm512_setzero_ps(), _CMP_NEQ_UQ);
+    return __builtin_popcount(lo) + __builtin_popcount(hi);
   }
-  return cost > 8 * E;
+#endif
+  int64_t on = 0;
+  for (int64_t b = 0; b < B; ++b) on += column[b] != 0.f;
+  return on;
+}
+
+static bool by_unit_is_cheaper(const float* x, const int32_t* ptr, int64_t D, int64_t B, int64_t N) {
+  int64_t by_input = 0, by_unit = 0;  // in eighths of a pass over the lanes
+  for (int64_t i = 0; i < D; ++i) {
+    const int64_t on = on_count(x + i * B, B), entries = ptr[i + 1] - ptr[i];
+    by_input += entries * (on == 0 ? 0 : on <= kFew ? 2 * on : 48);
+    by_unit += entries * (on == 0 ? 3 : 24);
+  }
+  return by_input * (N >= kCrowd ? 3 : 1) > by_unit;
 }
 
 // The Q head on the sparse layer's units-major output: h (N, U, B), weight (N, A, U), bias (N, A)
@@ -346,7 +365,7 @@ static std::vector<torch::Tensor> sparse_layer(
     at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n)
         unit_wise[n] = gc[n * own_groups] * kChunk <= U  // in groups a chunk long: by unit, always
-                       || by_unit_is_cheaper(xp + n * D * B, inv.ptr_of(n, D), D, B, E);
+                       || by_unit_is_cheaper(xp + n * D * B, inv.ptr_of(n, D), D, B, N);
     });
   auto head = [&](int64_t n, const float* h) {  // denormals kept here, as MKL keeps them
     head_forward_agent(h, head_w->data_ptr<float>() + n * A * U, head_b->data_ptr<float>() + n * A, U, B, A,
