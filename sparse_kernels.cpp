@@ -124,6 +124,7 @@ static void forward_chunk(const float* __restrict__ x, const float* __restrict__
     }
 }
 
+// Which inputs of one agent's batch x (D, kB) are on in some sample: nonzero[i] 1 or 0.
 template <int64_t kB>
 static void nonzero_columns(const float* x, int64_t D, uint8_t* nonzero) {
   for (int64_t i = 0; i < D; ++i) {
@@ -199,13 +200,6 @@ static void forward_one_grouped(const float* x, const float* gw, const float* bi
   }
 }
 
-// Whether summing unit by unit is the cheaper way for one agent's batch (x (D, B)), for units not
-// grouped. (Grouped, as spatial masks' are, by unit is cheaper on MinAtar's observations at any
-// population size, and deciding costs a pass over x: benchmarks/forward_paths.py.) By unit, an
-// entry whose input is off in every sample costs a test, any other one pass over the lanes. By
-// input, an input off in every sample costs nothing, one on in a few samples a few scalar adds per
-// entry, and one on in more about six passes over the lanes per entry: each reads and writes its
-// unit's row (benchmarks/kernels.py).
 // From this many agents on, their tables and rows no longer stay in cache, and reading them input
 // by input, a row here and a row there, costs two to four times as much per agent: by unit, 1.1
 // to 1.3 times (benchmarks/forward_paths.json).
@@ -224,6 +218,15 @@ static int64_t on_count(const float* column, int64_t B) {
   return on;
 }
 
+// Whether summing unit by unit is the cheaper way for one agent's batch (x (D, B)), for units not
+// grouped. (Grouped, as spatial masks' are, by unit is cheaper on MinAtar's observations at any
+// population size, and deciding costs a pass over x: benchmarks/forward_paths.py.) By input, an
+// input off in every sample costs nothing, one on in a few samples a few scalar adds per entry, and
+// one on in more about six passes over the lanes per entry: each reads and writes its unit's row.
+// By unit, an entry whose input is off in every sample costs its test, any other about three passes
+// (its weight read from the unit's row, the column, the sums). The weights were fitted so that, in
+// every case of benchmarks/forward_paths.json (random and predictive masks, 1 to 64 agents), the
+// choice costs at most 2 us per agent more than the faster way.
 static bool by_unit_is_cheaper(const float* x, const int32_t* ptr, int64_t D, int64_t B, int64_t N) {
   int64_t by_input = 0, by_unit = 0;  // in eighths of a pass over the lanes
   for (int64_t i = 0; i < D; ++i) {
@@ -279,8 +282,9 @@ static void head_forward_agent(const float* __restrict__ h, const float* __restr
 // Where one sample reads weights in most of an agent's cache lines (predictive masks crowd their
 // units onto the inputs that are on most), it reads them in an order that defeats the hardware's
 // prefetching, waiting on memory for each line: the agent's weights are fetched into L2 in order
-// first. 75 to 44 us per agent for 64 Space Invaders predictive agents, one thread; where fewer
-// lines are read (spatial, random masks), not worth its cost (benchmarks/forward_paths.py).
+// first. 57 to 75 us per agent before, 40 to 44 after, for 64 Space Invaders predictive agents,
+// one thread; where fewer lines are read (spatial, random masks), not worth its cost
+// (benchmarks/README.md).
 static void prefetch_weights(const float* w, int64_t E) {
 #if defined(__SSE__)
   for (int64_t e = 0; e < E; e += 64 / sizeof(float)) _mm_prefetch(reinterpret_cast<const char*>(w + e), _MM_HINT_T1);
