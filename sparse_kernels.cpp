@@ -440,18 +440,22 @@ torch::Tensor sparse_grad_weight(torch::Tensor grad, torch::Tensor xt, torch::Te
                                  torch::Tensor flat, torch::Tensor unit, int64_t entries) {
   const int64_t N = xt.size(0), D = xt.size(1), B = xt.size(2), U = grad.size(1);
   const int64_t padded = (U + kBlock - 1) / kBlock * kBlock;
-  auto gw = torch::zeros({N, entries}, xt.options());
+  const int64_t parts = std::min(parts_per_agent(N), D);
+  // Pieces of one agent share its row of zeros, filled before any of them writes; an agent in one
+  // piece fills its own row just before its writes, which then find its lines in cache, where a
+  // fill of the whole population first had left them in memory.
+  auto gw = parts > 1 ? torch::zeros({N, entries}, xt.options()) : torch::empty({N, entries}, xt.options());
   const float* xp = xt.data_ptr<float>();
   const float* gp = grad.data_ptr<float>();
   float* wp = gw.data_ptr<float>();
   const Inverse inv(ptr, flat, unit);
-  const int64_t parts = std::min(parts_per_agent(N), D);
   at::parallel_for(0, N * parts, 1, [&](int64_t begin, int64_t end) {
     FlushDenormals flush;
     std::vector<float> by_sample, sums(padded), always_on_sums(padded);
     std::vector<int32_t> lanes(B);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / parts, part = item % parts;
+      if (parts == 1) std::memset(wp + n * entries, 0, entries * sizeof(float));
       const int32_t* p = inv.ptr_of(n, D);
       const int32_t* f = inv.flat_of(n, entries);
       const int32_t* u = inv.unit_of(n, entries);
