@@ -801,6 +801,7 @@ class SparsePlan:
     inputs: int
     inverse: tuple | None = None  # for the C++ kernels: the masks read by input (one set if alike)
     by_unit: tuple | None = None  # for the C++ forward: each unit's inputs sorted, their weights, its group
+    grouped_order: torch.Tensor | None = None  # for the C++ forward: see _grouped_weights
     index: torch.Tensor | None = None  # (N, units, k), for the masked-dense layout alone
     cache: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)  # see _per_weight
 
@@ -880,17 +881,18 @@ def sparse_plan(index: torch.Tensor, inputs: int, masked_dense: bool | None = No
     if masked_dense:
         return SparsePlan(None, None, inputs, index=index)
     native = index.device.type == "cpu" and _kernels() is not None
-    inverse = by_unit = None
+    inverse = by_unit = grouped_order = None
     if native:  # the kernels' tables, one set for masks all alike
         shared = _alike(index)
         inverse, by_unit = _inverse(shared, inputs), _by_unit(shared)
+        grouped_order = _grouped_order(by_unit)
     flat = (index + torch.arange(n, device=index.device).view(n, 1, 1) * inputs).view(n * u, k)
     crow = torch.arange(0, n * u * k + 1, k, device=index.device)
     with warnings.catch_warnings():  # sparse CSR is "beta" in torch; we rely only on sampled_addmm
         warnings.simplefilter("ignore", UserWarning)
         pattern = torch.sparse_csr_tensor(crow, flat.reshape(-1), torch.zeros(n * u * k, device=index.device),
                                           (n * u, n * inputs), check_invariants=False)
-    return SparsePlan(flat, pattern, inputs, inverse, by_unit)
+    return SparsePlan(flat, pattern, inputs, inverse, by_unit, grouped_order=grouped_order)
 
 
 class _SparseLinear(torch.autograd.Function):
@@ -986,20 +988,22 @@ def _grouped_weights(weight: torch.Tensor, plan: SparsePlan) -> torch.Tensor | N
     for weights that learn: they change with every update, and a copy would cost a pass of its own."""
     if weight.requires_grad:
         return None
-    order = plan.cache.get("grouped order")
-    if order is None:
-        _, flat, members, group_start, groups = plan.by_unit
-        m, u = members.shape
-        k = flat.shape[1] // u
-        row = torch.arange(u).repeat(m, 1)
-        group = torch.searchsorted(group_start.long(), row, right=True) - 1
-        first = group_start.long().gather(1, group)
-        size = group_start.long().gather(1, group + 1) - first
-        at = (first * k + (row - first)).unsqueeze(2) + torch.arange(k).view(1, 1, k) * size.unsqueeze(2)
-        order = torch.empty(m, u * k, dtype=torch.long).scatter_(1, at.view(m, u * k), flat.long())
-        plan.cache["grouped order"] = order
     n = weight.shape[0]
-    return _per_weight(plan, weight, "grouped", lambda: weight.detach().reshape(n, -1).gather(1, order.expand(n, -1)))
+    order = plan.grouped_order.expand(n, -1)
+    return _per_weight(plan, weight, "grouped", lambda: weight.detach().reshape(n, -1).gather(1, order))
+
+
+def _grouped_order(by_unit: tuple) -> torch.Tensor:
+    """(N or 1, units * k): for each place of _grouped_weights' layout, the weight it holds."""
+    _, flat, members, group_start, _ = by_unit
+    m, u = members.shape
+    k = flat.shape[1] // u
+    row = torch.arange(u).repeat(m, 1)
+    group = torch.searchsorted(group_start.long(), row, right=True) - 1
+    first = group_start.long().gather(1, group)
+    size = group_start.long().gather(1, group + 1) - first
+    at = (first * k + (row - first)).unsqueeze(2) + torch.arange(k).view(1, 1, k) * size.unsqueeze(2)
+    return torch.empty(m, u * k, dtype=torch.long).scatter_(1, at.view(m, u * k), flat.long())
 
 
 class _SparseReluCpp(torch.autograd.Function):
