@@ -46,6 +46,29 @@ struct Inverse {
   const int32_t* unit_of(int64_t n, int64_t E) const { return unit + n * each * E; }
 };
 
+// The unit of entry f of a (units x k) weight matrix, f / k, by a multiply and a shift: exact for
+// f * k < 2^40 (a rounded-up reciprocal's error stays under 1 / k), where a division takes ~10x as
+// long and reading a table of units (one int per weight) costs a stream through memory as large.
+struct UnitOf {
+  uint64_t magic;
+  UnitOf(int64_t entries, int64_t units) : magic(((uint64_t(1) << 40) + k(entries, units) - 1) / k(entries, units)) {
+    TORCH_CHECK(entries * (entries / units) < (int64_t(1) << 40), "sparse layer too large: ", entries, " weights");
+  }
+  int64_t operator()(int32_t f) const { return int64_t((uint64_t(uint32_t(f)) * magic) >> 40); }
+  static int64_t k(int64_t entries, int64_t units) {
+    return std::max<int64_t>(1, entries / std::max<int64_t>(1, units));
+  }
+};
+
+// Asks for the cache lines of [start, start + bytes) ahead of their use: into L1, or into L2 only.
+static void prefetch_range(const void* start, int64_t bytes, bool l2_only = false) {
+#if defined(__SSE__)
+  const char* p = static_cast<const char*>(start);
+  for (int64_t at = 0; at < bytes; at += 64)
+    l2_only ? _mm_prefetch(p + at, _MM_HINT_T1) : _mm_prefetch(p + at, _MM_HINT_T0);
+#endif
+}
+
 }  // namespace
 
 // Rows of the batch side by side: xt (N, D, B) is the input transposed, out (N, U, B). An input
@@ -94,6 +117,9 @@ constexpr int64_t kByUnit = 32;
 // of a group are summed together: each input column is loaded once for all of them, and their
 // 2 * kChunk independent sums keep the multiply-adders busy.
 constexpr int kChunk = 6;
+// Units alone in their group (random and predictive masks) summed together (forward_singles), and
+// how many of them ahead their tables and weights are asked for.
+constexpr int kSingles = 4, kSinglesAhead = 2 * kSingles;
 
 // The weights of unit m's e-th input are w[flat[m * K + e]] in the agent's own (units * k) layout,
 // or, from grouped weights (flat null), w[e * size + m]: the group's weights input by input, its
@@ -115,6 +141,44 @@ static void forward_chunk(const float* __restrict__ x, const float* __restrict__
       for (int m = 0; m < kM; ++m) {
         const float we = flat ? w[flat[m * K + e]] : w[e * size + m];
         for (int64_t v = 0; v < kV; ++v) acc[m][v] += we * c[v];
+      }
+    }
+  for (int m = 0; m < kM; ++m)
+    for (int64_t v = 0; v < kV; ++v) {
+      const Vec r = acc[m][v] > 0.f ? acc[m][v] : Vec{};
+      std::memcpy(out + int64_t(units[m]) * kB + v * kLanes, &r, sizeof r);
+    }
+}
+
+// Where one sample reads weights in most of an agent's cache lines (predictive masks crowd their
+// units onto the inputs that are on most), it reads them in an order that defeats the hardware's
+// prefetching, waiting on memory for each line: the agent's weights are fetched into L2 in order
+// first. 57 to 75 us per agent before, 40 to 44 after, for 64 Space Invaders predictive agents,
+// one thread; where fewer lines are read (spatial, random masks), not worth its cost
+// (benchmarks/README.md).
+static void prefetch_weights(const float* w, int64_t E) { prefetch_range(w, E * sizeof(float), true); }
+
+// Units alone in their group (random and predictive masks), kM at a time, each over its own inputs,
+// all K of them: kM chains of dependent multiply-adds side by side, without the bookkeeping that
+// skipping inputs would take. Inputs off in every sample add zeros, which change no sum (see
+// kByUnit); predictive units crowd onto the inputs that are on, so few are off (17% of Space
+// Invaders' entries in a batch of 32), and forward_by_unit skips them where more than half are.
+template <int64_t kB, int kM>
+static void forward_singles(const float* __restrict__ x, const float* __restrict__ w, const float* bias,
+                            const int32_t* inputs, const int32_t* flat, const int32_t* units, int64_t K,
+                            float* __restrict__ out) {
+  constexpr int64_t kV = kB / kLanes;
+  Vec acc[kM][kV];
+  for (int m = 0; m < kM; ++m)
+    for (int64_t v = 0; v < kV; ++v) acc[m][v] = Vec{} + bias[units[m]];
+  for (int64_t e = 0; e < K; ++e)
+    for (int m = 0; m < kM; ++m) {
+      const float* column = x + int64_t(inputs[m * K + e]) * kB;
+      const float we = flat ? w[flat[m * K + e]] : w[m * K + e];
+      for (int64_t v = 0; v < kV; ++v) {
+        Vec c;
+        std::memcpy(&c, column + v * kLanes, sizeof c);
+        acc[m][v] += we * c;
       }
     }
   for (int m = 0; m < kM; ++m)
@@ -153,16 +217,34 @@ static void live_inputs(const uint8_t* nonzero, const int32_t* group_inputs, int
 
 // A group's inputs that are off in every sample are skipped (MinAtar's batches leave 75 to 80% of
 // a spatial group's input columns zero): adding their zero products changes no sum. gw: the
-// grouped weights (forward_chunk), or null.
+// grouped weights (forward_chunk), or null. Units alone in their group are summed whole, kSingles
+// at a time, where most entries are live; their tables and weights are asked for kSinglesAhead
+// units ahead: with 64 predictive agents, whose tables and weights do not stay in cache, that took
+// the forward from 5.5 to 3.8 ms, one thread (benchmarks/README.md).
 template <int64_t kB>
-static void forward_by_unit(const float* x, const float* w, const float* gw, const float* bias,
+static void forward_by_unit(const float* x, const float* w, const float* gw, const float* bias, const int32_t* ptr,
                             const int32_t* by_input, const int32_t* by_flat, const int32_t* members,
                             const int32_t* group_start, int64_t g0, int64_t g1, int64_t D, int64_t K, float* out) {
   std::vector<uint8_t> nonzero(D);
   std::vector<uint64_t> live((K + 63) / 64);
   nonzero_columns<kB>(x, D, nonzero.data());
+  int64_t live_entries = 0;
+  for (int64_t i = 0; i < D; ++i) live_entries += nonzero[i] ? ptr[i + 1] - ptr[i] : 0;
+  const bool whole = 2 * live_entries > ptr[D];  // skipping the rest would save less than it costs
   for (int64_t g = g0; g < g1; ++g) {
     const int64_t first = group_start[g], size = group_start[g + 1] - first;
+    if (whole && size == 1 && g + kSingles <= g1 && group_start[g + kSingles] == first + kSingles) {
+      if (group_start[std::min(g1, g + kSingles + kSinglesAhead)] - first == kSingles + kSinglesAhead) {
+        const int64_t next = (first + kSinglesAhead) * K, bytes = kSingles * K * sizeof(float);
+        prefetch_range(by_input + next, bytes);
+        prefetch_range(gw ? static_cast<const void*>(gw + next) : by_flat + next, bytes);
+        if (!gw) prefetch_range(w + int64_t(members[first + kSinglesAhead]) * K, bytes);
+      }
+      forward_singles<kB, kSingles>(x, gw ? gw + first * K : w, bias, by_input + first * K,
+                                    gw ? nullptr : by_flat + first * K, members + first, K, out);
+      g += kSingles - 1;
+      continue;
+    }
     live_inputs(nonzero.data(), by_input + first * K, K, live.data());  // alike for every member
     for (int64_t i = first; i < first + size; i += kChunk) {
       const int32_t *inputs = by_input + i * K, *flat = gw ? nullptr : by_flat + i * K, *units = members + i;
@@ -279,24 +361,13 @@ static void head_forward_agent(const float* __restrict__ h, const float* __restr
 }
 #pragma GCC pop_options
 
-// Where one sample reads weights in most of an agent's cache lines (predictive masks crowd their
-// units onto the inputs that are on most), it reads them in an order that defeats the hardware's
-// prefetching, waiting on memory for each line: the agent's weights are fetched into L2 in order
-// first. 57 to 75 us per agent before, 40 to 44 after, for 64 Space Invaders predictive agents,
-// one thread; where fewer lines are read (spatial, random masks), not worth its cost
-// (benchmarks/README.md).
-static void prefetch_weights(const float* w, int64_t E) {
-#if defined(__SSE__)
-  for (int64_t e = 0; e < E; e += 64 / sizeof(float)) _mm_prefetch(reinterpret_cast<const char*>(w + e), _MM_HINT_T1);
-#endif
-}
-
 // One agent's lanes b0..b1 of the batch, input by input: out (U, B) starts at the bias, an input
 // off in every sample of them costs one scan, one on in a few samples a few scalar adds per entry,
 // one on in more a vector loop over the lanes per entry; the ReLU last.
+// u: the units of the entries, or null to compute them (unit_of) where each agent has its own tables.
 static void forward_by_input(const float* xa, const float* w, const float* bias, const int32_t* p,
-                             const int32_t* f, const int32_t* u, int64_t D, int64_t U, int64_t B, int64_t b0,
-                             int64_t b1, float* out) {
+                             const int32_t* f, const int32_t* u, const UnitOf& unit_of, int64_t D, int64_t U,
+                             int64_t B, int64_t b0, int64_t b1, float* out) {
   const int64_t width = b1 - b0;
   float* o = out + b0;
   for (int64_t j = 0; j < U; ++j) {
@@ -316,14 +387,14 @@ static void forward_by_input(const float* xa, const float* w, const float* bias,
     if (count < kMany) {  // a few samples: touch only their lanes
       for (int32_t e = p[i]; e < p[i + 1]; ++e) {
         const float we = w[f[e]];
-        float* row = o + int64_t(u[e]) * B;
+        float* row = o + (u ? u[e] : unit_of(f[e])) * B;
         for (int c = 0; c < count; ++c) row[at[c]] += we * x[at[c]];
       }
       continue;
     }
     for (int32_t e = p[i]; e < p[i + 1]; ++e) {
       const float we = w[f[e]];
-      float* __restrict__ row = o + int64_t(u[e]) * B;
+      float* __restrict__ row = o + (u ? u[e] : unit_of(f[e])) * B;
       for (int64_t b = 0; b < width; ++b) row[b] += we * x[b];
     }
   }
@@ -358,6 +429,7 @@ static std::vector<torch::Tensor> sparse_layer(
   const float* gwp = grouped_w ? grouped_w->data_ptr<float>() : nullptr;
   float* op = keep ? out.data_ptr<float>() : nullptr;
   const Inverse inv(ptr, flat, unit);
+  const UnitOf unit_of(E, U);
   const int32_t* bi = by_input.data_ptr<int32_t>();
   const int32_t* bf = by_flat.data_ptr<int32_t>();
   const int32_t* mp = members.data_ptr<int32_t>();
@@ -385,8 +457,8 @@ static std::vector<torch::Tensor> sparse_layer(
         if (unit_wise[n]) {
           const int64_t m = n * own_groups;
           forward_by_unit<kByUnit>(xp + n * D * B, wp + n * E, gwp ? gwp + n * E : nullptr, bp + n * U,
-                                   bi + m * E, bf + m * E, mp + m * U, gs + m * (U + 1), gc[m] * part / parts,
-                                   gc[m] * (part + 1) / parts, D, E / U, agent_out);
+                                   inv.ptr_of(n, D), bi + m * E, bf + m * E, mp + m * U, gs + m * (U + 1),
+                                   gc[m] * part / parts, gc[m] * (part + 1) / parts, D, E / U, agent_out);
         } else if (B == 1 && gwp && by_unit != 0 && gc[n * own_groups] * kChunk <= U) {
           // From the agent's own layout, summing by group reads each member's row in turn: slower
           // than the loop over inputs (6.9 against 6.0 us per agent, 64 Breakout spatial agents).
@@ -395,7 +467,8 @@ static std::vector<torch::Tensor> sparse_layer(
                               E / U, agent_out);
         } else {
           forward_by_input(xp + n * D * B, wp + n * E, bp + n * U, inv.ptr_of(n, D), inv.flat_of(n, E),
-                           inv.unit_of(n, E), D, U, B, B * part / parts, B * (part + 1) / parts, agent_out);
+                           inv.each ? nullptr : inv.unit, unit_of, D, U, B, B * part / parts, B * (part + 1) / parts,
+                           agent_out);
         }
       }
       if (head_w && parts == 1) head(n, agent_out);
@@ -436,6 +509,11 @@ std::vector<torch::Tensor> sparse_q(torch::Tensor xt, torch::Tensor weight, torc
 // computed at once, from the gradient laid out by sample, as vectors across units that add one
 // sample after another in batch order (the same order, so the same bits as the chain); each
 // weight then takes its unit's sum. Inputs on in every sample (Breakout's bricks) share one set.
+// The tables cost most where each agent has its own (predictive, random masks): they do not stay in
+// cache. The entries of the input kAhead on-inputs ahead are asked for, and units are computed from
+// entries (UnitOf), not read: 8.6 to 7.2 ms for 64 Space Invaders predictive agents, one thread.
+constexpr size_t kAhead = 4;
+
 torch::Tensor sparse_grad_weight(torch::Tensor grad, torch::Tensor xt, torch::Tensor ptr,
                                  torch::Tensor flat, torch::Tensor unit, int64_t entries) {
   const int64_t N = xt.size(0), D = xt.size(1), B = xt.size(2), U = grad.size(1);
@@ -449,27 +527,34 @@ torch::Tensor sparse_grad_weight(torch::Tensor grad, torch::Tensor xt, torch::Te
   const float* gp = grad.data_ptr<float>();
   float* wp = gw.data_ptr<float>();
   const Inverse inv(ptr, flat, unit);
+  const UnitOf unit_of(entries, U);
   at::parallel_for(0, N * parts, 1, [&](int64_t begin, int64_t end) {
     FlushDenormals flush;
     std::vector<float> by_sample, sums(padded), always_on_sums(padded);
-    std::vector<int32_t> lanes(B);
+    std::vector<int32_t> lanes(B), on_inputs;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / parts, part = item % parts;
       if (parts == 1) std::memset(wp + n * entries, 0, entries * sizeof(float));
       const int32_t* p = inv.ptr_of(n, D);
       const int32_t* f = inv.flat_of(n, entries);
-      const int32_t* u = inv.unit_of(n, entries);
       const float* g = gp + n * U * B;
       float* w = wp + n * entries;
       int32_t at[kFew];
       bool laid_out = false, always_on_summed = false;
-      for (int64_t i = D * part / parts; i < D * (part + 1) / parts; ++i) {
+      on_inputs.clear();
+      for (int64_t i = D * part / parts; i < D * (part + 1) / parts; ++i)
+        if (on_count(xp + (n * D + i) * B, B)) on_inputs.push_back(int32_t(i));
+      for (size_t j = 0; j < on_inputs.size(); ++j) {
+        const int64_t i = on_inputs[j];
+        if (j + kAhead < on_inputs.size()) {
+          const int32_t ahead = on_inputs[j + kAhead];
+          prefetch_range(f + p[ahead], (p[ahead + 1] - p[ahead]) * sizeof(int32_t));
+        }
         const float* x = xp + (n * D + i) * B;
         const int count = few_nonzero(x, B, at);
-        if (count == 0) continue;
         if (count < kMany) {
           for (int32_t e = p[i]; e < p[i + 1]; ++e) {
-            const float* row = g + int64_t(u[e]) * B;
+            const float* row = g + unit_of(f[e]) * B;
             float s = 0.f;
             for (int c = 0; c < count; ++c) s += row[at[c]] * x[at[c]];
             w[f[e]] = s;
@@ -502,7 +587,7 @@ torch::Tensor sparse_grad_weight(torch::Tensor grad, torch::Tensor xt, torch::Te
           }
           always_on_summed |= always_on;
         }
-        for (int32_t e = p[i]; e < p[i + 1]; ++e) w[f[e]] = s[u[e]];
+        for (int32_t e = p[i]; e < p[i + 1]; ++e) w[f[e]] = s[unit_of(f[e])];
       }
     }
   });

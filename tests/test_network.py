@@ -112,8 +112,10 @@ def test_the_cpp_forward_sums_alike_by_unit_and_by_input_bit_for_bit(cpp_kernels
     assert sd._grouped_weights(w.clone().requires_grad_(), plan) is None
     for xs in (x, x[:, :, :1].contiguous()):
         reference = sd._kernels().sparse_forward(xs, w, bias, *plan.inverse, *plan.by_unit, by_unit=0)
-        mine = sd._kernels().sparse_forward(xs, w, bias, *plan.inverse, *plan.by_unit, grouped_w=grouped)
-        assert torch.equal(mine.view(torch.int32), reference.view(torch.int32))
+        for path in (-1, 1):
+            mine = sd._kernels().sparse_forward(xs, w, bias, *plan.inverse, *plan.by_unit, by_unit=path,
+                                                grouped_w=grouped)
+            assert torch.equal(mine.view(torch.int32), reference.view(torch.int32))
 
 
 def test_the_cpp_relu_gradient_is_torchs_bit_for_bit_in_either_layout(cpp_kernels):
