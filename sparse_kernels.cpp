@@ -52,7 +52,7 @@ struct Inverse {
 struct UnitOf {
   uint64_t magic;
   UnitOf(int64_t entries, int64_t units) : magic(((uint64_t(1) << 40) + k(entries, units) - 1) / k(entries, units)) {
-    TORCH_CHECK(entries * (entries / units) < (int64_t(1) << 40), "sparse layer too large: ", entries, " weights");
+    TORCH_CHECK(entries * k(entries, units) < (int64_t(1) << 40), "sparse layer too large: ", entries, " weights");
   }
   int64_t operator()(int32_t f) const { return int64_t((uint64_t(uint32_t(f)) * magic) >> 40); }
   static int64_t k(int64_t entries, int64_t units) {
