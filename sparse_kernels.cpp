@@ -370,10 +370,9 @@ static void head_forward_agent(const float* __restrict__ h, const float* __restr
 // One agent's lanes b0..b1 of the batch, input by input: out (U, B) starts at the bias, an input
 // off in every sample of them costs one scan, one on in a few samples a few scalar adds per entry,
 // one on in more a vector loop over the lanes per entry; the ReLU last.
-// u: the units of the entries, or null to compute them (unit_of) where each agent has its own tables.
 static void forward_by_input(const float* xa, const float* w, const float* bias, const int32_t* p,
-                             const int32_t* f, const int32_t* u, const UnitOf& unit_of, int64_t D, int64_t U,
-                             int64_t B, int64_t b0, int64_t b1, float* out) {
+                             const int32_t* f, const UnitOf& unit_of, int64_t D, int64_t U, int64_t B, int64_t b0,
+                             int64_t b1, float* out) {
   const int64_t width = b1 - b0;
   float* o = out + b0;
   for (int64_t j = 0; j < U; ++j) {
@@ -393,14 +392,14 @@ static void forward_by_input(const float* xa, const float* w, const float* bias,
     if (count < kMany) {  // a few samples: touch only their lanes
       for (int32_t e = p[i]; e < p[i + 1]; ++e) {
         const float we = w[f[e]];
-        float* row = o + (u ? u[e] : unit_of(f[e])) * B;
+        float* row = o + unit_of(f[e]) * B;
         for (int c = 0; c < count; ++c) row[at[c]] += we * x[at[c]];
       }
       continue;
     }
     for (int32_t e = p[i]; e < p[i + 1]; ++e) {
       const float we = w[f[e]];
-      float* __restrict__ row = o + (u ? u[e] : unit_of(f[e])) * B;
+      float* __restrict__ row = o + unit_of(f[e]) * B;
       for (int64_t b = 0; b < width; ++b) row[b] += we * x[b];
     }
   }
@@ -472,9 +471,8 @@ static std::vector<torch::Tensor> sparse_layer(
           forward_one_grouped(xp + n * D, gwp + n * E, bp + n * U, bi + m * E, mp + m * U, gs + m * (U + 1), gc[m],
                               E / U, agent_out);
         } else {
-          forward_by_input(xp + n * D * B, wp + n * E, bp + n * U, inv.ptr_of(n, D), inv.flat_of(n, E),
-                           inv.each ? nullptr : inv.unit, unit_of, D, U, B, B * part / parts, B * (part + 1) / parts,
-                           agent_out);
+          forward_by_input(xp + n * D * B, wp + n * E, bp + n * U, inv.ptr_of(n, D), inv.flat_of(n, E), unit_of, D,
+                           U, B, B * part / parts, B * (part + 1) / parts, agent_out);
         }
       }
       if (head_w && parts == 1) head(n, agent_out);
