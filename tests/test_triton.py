@@ -1,0 +1,137 @@
+"""The GPU's sparse hidden layer (sparse_triton): on a GPU where there is one, else on the CPU
+under Triton's interpreter. Skipped where Triton is not installed (it comes with CUDA builds of
+torch; requirements.txt does not pin it, since each torch build pins its own)."""
+import os
+import sys
+
+import pytest
+import torch
+
+import sparse_dqn as sd
+from test_network import dense_masked, random_masks
+
+GPU = torch.cuda.is_available()
+if not GPU:  # Triton defines its own library's kernels as interpreted only if this is set on import
+    assert "triton" not in sys.modules, "imported before its interpreter could be asked for"
+    os.environ["TRITON_INTERPRET"] = "1"
+try:
+    pytest.importorskip("triton")
+finally:
+    if not GPU:
+        del os.environ["TRITON_INTERPRET"]
+
+
+@pytest.fixture
+def device(monkeypatch):
+    if GPU:
+        return "cuda"
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # sparse_dqn then runs the kernels on the CPU
+    return "cpu"
+
+
+@pytest.mark.parametrize("alike", [False, True], ids=["masks of their own", "masks alike"])
+@pytest.mark.parametrize("batch", [1, 32])
+def test_the_triton_layer_equals_a_dense_masked_layer_in_values_and_gradients(device, alike, batch):
+    """A unit count that is not a multiple of the kernel's block and a k that is not a power of
+    two; binary and real-valued inputs; some units dead (ReLU off) in some samples."""
+    torch.manual_seed(2)
+    n, d, u, k = 3, 60, 70, 9
+    x = (torch.rand(n, batch, d) < 0.3).float()
+    x[:, :, :10] *= torch.randn(n, batch, 10)
+    index = random_masks(1, u, k, d).expand(n, u, k) if alike else random_masks(n, u, k, d)
+    w = torch.randn(n, u, k)
+    bias = torch.randn(n, u)
+    w2, bias2 = (t.clone().requires_grad_(True) for t in (w, bias))
+    ref = torch.relu(dense_masked(x, w2, index, d) + bias2.unsqueeze(2))
+    g = torch.randn_like(ref)
+    ref.backward(g)
+    wt, biast = (t.to(device).requires_grad_(True) for t in (w, bias))
+    plan = sd.sparse_plan(index.to(device), d, masked_dense=True)
+    assert len(plan.gather_index) == (1 if alike else n)
+    out = sd.sparse_relu_layer(x.to(device), wt, biast, plan)
+    assert out.grad_fn.name().startswith("_SparseReluTriton")
+    torch.testing.assert_close(out.cpu(), ref.detach())
+    assert (out == 0).any() and (out > 0).any()
+    out.backward(g.to(device))
+    torch.testing.assert_close(wt.grad.cpu(), w2.grad)
+    torch.testing.assert_close(biast.grad.cpu(), bias2.grad)
+
+
+def test_an_agent_gets_the_same_bits_from_the_triton_layer_alone_and_in_a_population(device):
+    """The masked-dense matmul's order of sums may depend on the population's size on a GPU; the
+    Triton kernels' must not, in values and in gradients."""
+    torch.manual_seed(3)
+    n, b, d, u, k = 4, 32, 40, 50, 7
+    x = (torch.rand(n, b, d) < 0.3).float().to(device)
+    index = random_masks(n, u, k, d).to(device)
+    w, bias = torch.randn(n, u, k, device=device), torch.randn(n, u, device=device)
+    g = torch.randn(n, u, b, device=device)
+
+    def run(rows):
+        wr, br = w[rows].clone().requires_grad_(True), bias[rows].clone().requires_grad_(True)
+        out = sd.sparse_relu_layer(x[rows], wr, br, sd.sparse_plan(index[rows], d, masked_dense=True))
+        out.backward(g[rows])
+        return out.detach(), wr.grad, br.grad
+
+    together = run(slice(None))
+    for agent in range(n):
+        alone = run(slice(agent, agent + 1))
+        for a, t in zip(alone, together):
+            assert torch.equal(a[0], t[agent])
+
+
+def test_observations_that_take_a_gradient_go_to_the_torch_layer(device):
+    """The Triton kernels make no input gradient; a caller that asks for one still gets it."""
+    torch.manual_seed(4)
+    n, b, d, u, k = 2, 5, 30, 20, 6
+    x = torch.randn(n, b, d, device=device, requires_grad=True)
+    index = random_masks(n, u, k, d)
+    w, bias = torch.randn(n, u, k, device=device), torch.randn(n, u, device=device)
+    out = sd.sparse_relu_layer(x, w, bias, sd.sparse_plan(index.to(device), d, masked_dense=True))
+    out.sum().backward()
+    ref_x = x.detach().cpu().requires_grad_(True)
+    torch.relu(dense_masked(ref_x, w.cpu(), index, d) + bias.cpu().unsqueeze(2)).sum().backward()
+    torch.testing.assert_close(x.grad.cpu(), ref_x.grad)
+
+
+def test_the_triton_optimiser_step_is_centred_rmsprops_with_its_l1_term(device, monkeypatch):
+    """Against the pure-torch step on the CPU, to rounding: where torch's CPU kernels fuse a
+    multiply and an add, the interpreter (numpy) does not, and a GPU's compiler may. Zero weights
+    of both signs (the L1 term's sign), an agent without L1, and a gradient held constant, whose
+    variance can round below zero where a multiply and an add are fused (not in numpy)."""
+    torch.manual_seed(5)
+    w = torch.randn(3, 40, 50) * 1e-2
+    w[0, :5] = 0.0
+    w[1, :5] = -0.0
+    coef = torch.tensor([1e-3, 0.0, 1e-5])
+    ours = w.to(device).requires_grad_(True)
+    reference = w.clone().requires_grad_(True)
+    opt = sd.CentredRMSprop([ours], lr=2.5e-4, alpha=0.95, eps=0.01, l1={0: coef.to(device)})
+    ref_opt = sd.CentredRMSprop([reference], lr=2.5e-4, alpha=0.95, eps=0.01, l1={0: coef})
+    with monkeypatch.context() as torch_path:
+        torch_path.setattr(sd, "_kernels", lambda: None)
+        torch_path.delenv("TRITON_INTERPRET", raising=False)
+        assert sd._triton_for(reference) is None
+    monkeypatch.setattr(sd, "_kernels", lambda: None)  # the C++ step would take CPU tensors first
+    calls = []
+    monkeypatch.setattr(sd._triton(), "centred_rmsprop_step",
+                        lambda *a, f=sd._triton().centred_rmsprop_step: calls.append(1) or f(*a))
+    for step in range(40):
+        g = torch.randn(3, 40, 50) * 1e-3
+        ours.grad = g.to(device)
+        reference.grad = g.clone()
+        version = ours._version
+        opt.step()
+        assert ours._version > version  # what caches of the weights' layouts go by
+        with monkeypatch.context() as torch_path:
+            torch_path.delenv("TRITON_INTERPRET", raising=False)
+            ref_opt.step()
+    assert len(calls) == 40
+    for a, b in zip([ours] + opt.square_avg + opt.grad_avg, [reference] + ref_opt.square_avg + ref_opt.grad_avg):
+        torch.testing.assert_close(a.detach().cpu(), b.detach(), rtol=1e-5, atol=1e-9)
+    constant = torch.zeros(1000, device=device, requires_grad=True)
+    constant_opt = sd.CentredRMSprop([constant], lr=2.5e-4, alpha=0.95, eps=0.01)
+    for _ in range(200):
+        constant.grad = torch.full((1000,), 1e-3, device=device)
+        constant_opt.step()
+    assert len(calls) == 240 and torch.isfinite(constant).all()
