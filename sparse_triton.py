@@ -36,7 +36,7 @@ def _forward(xt_ptr, w_ptr, bias_ptr, idx_ptr, out_ptr, units, inputs, idx_sn, k
     idx_at = idx_ptr + n * idx_sn + u * k
     x_at = xt_ptr + n * inputs * batch + b[None, :]  # xt (N, inputs, batch): a row is one input's batch
     acc = tl.zeros((BLOCK_U, BLOCK_B), dtype=tl.float32)
-    for j in range(k):
+    for j in tl.static_range(k):  # unrolled: the k gathers can be in flight at once
         i = tl.load(idx_at + j, mask=unit_live, other=0)
         w = tl.load(w_at + j, mask=unit_live, other=0.0)
         acc += w[:, None] * tl.load(x_at + i[:, None] * batch, mask=live, other=0.0)
@@ -78,7 +78,7 @@ def _backward(xt_ptr, idx_ptr, out_ptr, grad_ptr, grad_w_ptr, grad_b_ptr, units,
     idx_at = idx_ptr + n * idx_sn + u * k
     gw_at = grad_w_ptr + n * units * k + u * k
     x_at = xt_ptr + n * inputs * batch + b[None, :]
-    for j in range(k):
+    for j in tl.static_range(k):  # unrolled: the k gathers can be in flight at once
         i = tl.load(idx_at + j, mask=unit_live, other=0)
         xv = tl.load(x_at + i[:, None] * batch, mask=live, other=0.0)
         tl.store(gw_at + j, tl.sum(g * xv, axis=1), mask=unit_live)

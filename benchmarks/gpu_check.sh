@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# One prepared check for a lent GPU (at most about 8 minutes): throughput of spatial agents at 64,
-# 256 and 1,024 agents, CPU-vs-GPU game trajectories, a profile of one 1,024-agent frame, whether
-# a population's size changes an agent's bits (reported, not a failure), and the game tests
-# (batched games against minatar) under that machine's torch. Each step has its own time limit, a
-# failing step does not stop the next, and the script exits 1 if any failed. Figures go to $OUT
-# (or benchmarks/): gpu_throughput.json, gpu_throughput_all.json, gpu_profile.txt and
-# gpu_check.log. Nothing in the test suite depends on a GPU.
+# One prepared check for a lent GPU (at most about 8 minutes): the Triton kernels' tests on the
+# GPU, throughput of spatial agents at 64, 256 and 1,024 agents, CPU-vs-GPU game trajectories, a
+# profile of one 1,024-agent frame, the sparse layer's kernels alone against the masked-dense
+# matmul, whether a population's size changes an agent's bits (reported, not a failure), and the
+# game tests (batched games against minatar) under that machine's torch. Each step has its own
+# time limit, a failing step does not stop the next, and the script exits 1 if any failed.
+# Figures go to $OUT (or benchmarks/): gpu_throughput.json, gpu_throughput_all.json,
+# gpu_profile.txt, gpu_triton_layer.json and gpu_check.log. Nothing in the test suite depends on
+# a GPU.
 #   bash benchmarks/gpu_check.sh
 # A lent machine that cannot reach PyPI takes MinAtar from wheels in .whl/ (see the README).
 set -uo pipefail
@@ -28,10 +30,12 @@ step() {  # step SECONDS COMMAND...: run with a limit, log it, remember a failur
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
     python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
+    step 45 python3 -m pytest -q -x -p no:cacheprovider tests/test_triton.py
     step 100 python3 benchmarks/throughput.py --device cuda --envs breakout --archs spatial --regimes learned \
         --populations 1024 256 64 --agent-steps 200000 --json "$out/gpu_throughput.json"
     step 75 python3 benchmarks/gpu_trajectories.py
     step 40 python3 benchmarks/profile_frame.py --device cuda --agents 1024 --frames 60 --out "$out/gpu_profile.txt"
+    step 60 python3 benchmarks/triton_layer.py --agents 1024 --repeats 10 --json "$out/gpu_triton_layer.json"
     timeout 60 python3 benchmarks/population_bits.py --device cuda --frames 2000 || echo "== (a report)"
     step 120 python3 benchmarks/throughput.py --device cuda --envs space_invaders breakout --archs spatial \
         --populations 1024 256 --agent-steps 200000 --json "$out/gpu_throughput_all.json"

@@ -65,7 +65,8 @@ def main():
     out = {"command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
            "torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device,
            "gpu": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else None,
-           "kernels": sd.kernel_backend() if args.device == "cpu" else "torch", "results": {}}
+           "kernels": sd.kernel_backend() if args.device == "cpu" else ("triton" if sd._triton() else "torch"),
+           "results": {}}
     if "predictive" in args.archs:  # PAN trains before the first frame: timed apart, per PAN frame
         out["pan_ms_per_frame"] = {env: pan_ms_per_frame(env) for env in args.envs}
         print(f"PAN, ms per frame of its data: {out['pan_ms_per_frame']}", flush=True)
