@@ -2108,16 +2108,38 @@ def sweep(profile: str, envs: Sequence[str], results_dir: str | Path, max_agents
     return populations
 
 
+# submitit requeues a preempted job by running `scontrol requeue` inside it. Slurm then sends
+# SIGTERM to the job's processes, scontrol among them, and when that arrives before scontrol exits
+# submitit takes the requeue for a failure and writes the job's result as an error (seen on a
+# one-node test cluster). Jobs find this scontrol first on their PATH: it ignores SIGTERM.
+SCONTROL_IGNORING_SIGTERM = """#!/bin/sh
+trap '' TERM
+PATH=${PATH#*:}
+exec scontrol "$@"
+"""
+
+
+def slurm_executor(results_dir: str | Path, **options):
+    """submitit's Slurm executor for this module's jobs (SweepJob): logs and pickles under
+    results_dir/.submitit, this module on the jobs' PYTHONPATH; options go to update_parameters."""
+    import submitit
+
+    folder = Path(results_dir) / ".submitit"
+    shim = folder / "bin" / "scontrol"
+    shim.parent.mkdir(parents=True, exist_ok=True)
+    shim.write_text(SCONTROL_IGNORING_SIGTERM)
+    shim.chmod(0o755)
+    ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    here = str(Path(__file__).resolve().parent)
+    ex.update_parameters(slurm_setup=[f"export PYTHONPATH={here}${{PYTHONPATH:+:$PYTHONPATH}}",
+                                      f"export PATH={shim.parent.resolve()}:$PATH"], **options)
+    return ex
+
+
 def _sweep_slurm(populations, results_dir, options: dict):
     """One Slurm job per population through submitit; a preempted or timed-out job is requeued
     and resumes from its checkpoint. Waits for every job."""
-    import submitit
-
-
-    ex = submitit.AutoExecutor(folder=Path(results_dir) / ".submitit", cluster="slurm")
-    here = str(Path(__file__).resolve().parent)
-    ex.update_parameters(slurm_setup=[f"export PYTHONPATH={here}${{PYTHONPATH:+:$PYTHONPATH}}"],
-                         **{k: v for k, v in options.items() if v is not None})
+    ex = slurm_executor(results_dir, **{k: v for k, v in options.items() if v is not None})
     jobs = [ex.submit(SweepJob(pop, str(Path(results_dir).resolve()))) for pop in populations]
     for job in jobs:
         job.result()

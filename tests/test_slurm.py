@@ -3,6 +3,7 @@ here on localhost and stopped after): its results equal a local run of the same 
 preempted job is requeued and resumes from its checkpoint."""
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -114,15 +115,11 @@ def test_a_smoke_sweep_on_slurm_equals_the_same_sweep_run_locally(slurm, tmp_pat
 
 
 def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(slurm, tmp_path, monkeypatch):
-    import submitit
-
     monkeypatch.setenv("SLURM_CONF", slurm["SLURM_CONF"])
     population = [(sd.profile_config("smoke", env="breakout", arch=a, frames=4_000, checkpoint_every=500), s)
                   for a in ("spatial", "dense") for s in (0, 1)]
     out = tmp_path / "slurm"
-    ex = submitit.AutoExecutor(folder=out / ".submitit", cluster="slurm")
-    ex.update_parameters(timeout_min=20, cpus_per_task=2,
-                         slurm_setup=[f"export PYTHONPATH={Path(MODULE).parent}"])
+    ex = sd.slurm_executor(out, timeout_min=20, cpus_per_task=2)
     job = ex.submit(sd.SweepJob(population, str(out)))
     checkpoints = out / ".checkpoints"
     deadline = time.monotonic() + 600
@@ -146,3 +143,21 @@ def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(slurm, tmp_
     uninterrupted = sd.train_runs(population, None, progress=False)
     for a, b in zip(resumed, uninterrupted):
         assert (a.episode_frames, a.episode_returns) == (b.episode_frames, b.episode_returns)
+
+
+def test_a_jobs_scontrol_outlives_the_sigterm_of_its_own_requeue(tmp_path):
+    """submitit's requeue runs scontrol inside the job, and Slurm's SIGTERM to the job may reach
+    it first: the scontrol that slurm_executor puts first on a job's PATH ignores it and runs the
+    next scontrol on the PATH."""
+    sd.slurm_executor(tmp_path / "runs")
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "scontrol").write_text('#!/bin/sh\nsleep 1\necho "requeue $1 $2"\n')
+    (real / "scontrol").chmod(0o755)
+    shim = tmp_path / "runs" / ".submitit" / "bin"
+    env = dict(os.environ, PATH=f"{shim}:{real}:{os.environ['PATH']}")
+    proc = subprocess.Popen(["scontrol", "requeue", "7"], env=env, stdout=subprocess.PIPE, text=True)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.communicate(timeout=10)[0] == "requeue requeue 7\n" and proc.returncode == 0
+
