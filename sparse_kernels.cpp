@@ -358,9 +358,6 @@ static void head_forward_agent(const float* __restrict__ h, const float* __restr
 }
 #pragma GCC pop_options
 
-// One agent's lanes b0..b1 of the batch, input by input: out (U, B) starts at the bias, an input
-// off in every sample of them costs one scan, one on in a few samples a few scalar adds per entry,
-// one on in more a vector loop over the lanes per entry; the ReLU last.
 // Acting (one sample) visits the inputs that are on, adding each one's weights to its units. The
 // weights lie scattered over the agent's row, in an order the hardware's prefetching cannot
 // follow, and where each agent has its own tables those do not stay in cache either: the weights
@@ -369,6 +366,9 @@ static void head_forward_agent(const float* __restrict__ h, const float* __restr
 // agent's whole row into L2 first by 1.77x, and the loop over every input before it by 1.22x.
 constexpr size_t kActAhead = 2;
 
+// One agent's lanes b0..b1 of the batch, input by input: out (U, B) starts at the bias, an input
+// off in every sample of them costs one scan, one on in a few samples a few scalar adds per entry,
+// one on in more a vector loop over the lanes per entry; the ReLU last.
 static void forward_by_input(const float* xa, const float* w, const float* bias, const int32_t* p,
                              const int32_t* f, const UnitOf& unit_of, int64_t D, int64_t U, int64_t B, int64_t b0,
                              int64_t b1, float* out) {
