@@ -821,14 +821,14 @@ def _alike(index: torch.Tensor) -> torch.Tensor:
 
 
 def _inverse(index: torch.Tensor, inputs: int) -> tuple:
-    """(ptr (N, inputs + 1), flat (N, units * k), unit (N, units * k)) as int32: the entries of
-    input i of agent n are flat[n, ptr[n, i]:ptr[n, i + 1]], weights of units unit[n, ...]."""
+    """(ptr (N, inputs + 1), flat (N, units * k)) as int32: the entries of input i of agent n are
+    flat[n, ptr[n, i]:ptr[n, i + 1]], places in its (units * k) weights (the unit: place // k)."""
     n, u, k = index.shape
     by_input = torch.argsort(index.reshape(n, u * k), dim=1, stable=True)
     counts = torch.zeros(n, inputs, dtype=torch.long).scatter_add_(1, index.reshape(n, u * k),
                                                                    torch.ones(n, u * k, dtype=torch.long))
     ptr = F.pad(counts.cumsum(1), (1, 0))
-    return tuple(t.to(torch.int32).contiguous() for t in (ptr, by_input, by_input // k))
+    return tuple(t.to(torch.int32).contiguous() for t in (ptr, by_input))
 
 
 # sparse_kernels.cpp's kChunk: units of a group summed together, each input column loaded once.

@@ -35,15 +35,12 @@ struct FlushDenormals {
 // stays in cache, instead of one per agent.
 struct Inverse {
   const int32_t* ptr;   // (N or 1, D + 1): entries of input i are ptr[i] .. ptr[i + 1]
-  const int32_t* flat;  // (N or 1, U * K): index into the agent's weight matrix
-  const int32_t* unit;  // (N or 1, U * K): the unit of that weight
+  const int32_t* flat;  // (N or 1, U * K): index into the agent's weight matrix (its unit: UnitOf)
   int64_t each;         // 1 with a set per agent, 0 with one for all
-  Inverse(const torch::Tensor& p, const torch::Tensor& f, const torch::Tensor& u)
-      : ptr(p.data_ptr<int32_t>()), flat(f.data_ptr<int32_t>()), unit(u.data_ptr<int32_t>()),
-        each(p.size(0) > 1) {}
+  Inverse(const torch::Tensor& p, const torch::Tensor& f)
+      : ptr(p.data_ptr<int32_t>()), flat(f.data_ptr<int32_t>()), each(p.size(0) > 1) {}
   const int32_t* ptr_of(int64_t n, int64_t D) const { return ptr + n * each * (D + 1); }
   const int32_t* flat_of(int64_t n, int64_t E) const { return flat + n * each * E; }
-  const int32_t* unit_of(int64_t n, int64_t E) const { return unit + n * each * E; }
 };
 
 // The unit of entry f of a (units x k) weight matrix, f / k, by a multiply and a shift: exact for
@@ -427,7 +424,7 @@ static void forward_by_input(const float* xa, const float* w, const float* bias,
 // forward_chunk; sparse_dqn._grouped_weights), read instead of weight where given.
 static std::vector<torch::Tensor> sparse_layer(
     torch::Tensor xt, torch::Tensor weight, torch::Tensor bias, torch::Tensor ptr, torch::Tensor flat,
-    torch::Tensor unit, torch::Tensor by_input, torch::Tensor by_flat, torch::Tensor members,
+    torch::Tensor by_input, torch::Tensor by_flat, torch::Tensor members,
     torch::Tensor group_start, torch::Tensor groups, int64_t by_unit, c10::optional<torch::Tensor> head_w,
     c10::optional<torch::Tensor> head_b, bool keep, c10::optional<torch::Tensor> grouped_w) {
   const int64_t N = xt.size(0), D = xt.size(1), B = xt.size(2), E = weight.size(1), U = bias.size(1);
@@ -445,7 +442,7 @@ static std::vector<torch::Tensor> sparse_layer(
               "sparse_q: grouped_w (N, U * K), contiguous");
   const float* gwp = grouped_w ? grouped_w->data_ptr<float>() : nullptr;
   float* op = keep ? out.data_ptr<float>() : nullptr;
-  const Inverse inv(ptr, flat, unit);
+  const Inverse inv(ptr, flat);
   const UnitOf unit_of(E, U);
   const int32_t* bi = by_input.data_ptr<int32_t>();
   const int32_t* bf = by_flat.data_ptr<int32_t>();
@@ -498,22 +495,22 @@ static std::vector<torch::Tensor> sparse_layer(
 }
 
 torch::Tensor sparse_forward(torch::Tensor xt, torch::Tensor weight, torch::Tensor bias, torch::Tensor ptr,
-                             torch::Tensor flat, torch::Tensor unit, torch::Tensor by_input, torch::Tensor by_flat,
+                             torch::Tensor flat, torch::Tensor by_input, torch::Tensor by_flat,
                              torch::Tensor members, torch::Tensor group_start, torch::Tensor groups,
                              int64_t by_unit = -1,  // 1 or 0 forces a way (the tests compare them), -1 chooses
                              c10::optional<torch::Tensor> grouped_w = c10::nullopt) {
-  return sparse_layer(xt, weight, bias, ptr, flat, unit, by_input, by_flat, members, group_start, groups, by_unit,
+  return sparse_layer(xt, weight, bias, ptr, flat, by_input, by_flat, members, group_start, groups, by_unit,
                       c10::nullopt, c10::nullopt, true, grouped_w)[0];
 }
 
 // The layer and the head in one pass: (activations, or an undefined tensor where keep is false;
 // the Q-values).
 std::vector<torch::Tensor> sparse_q(torch::Tensor xt, torch::Tensor weight, torch::Tensor bias, torch::Tensor ptr,
-                                    torch::Tensor flat, torch::Tensor unit, torch::Tensor by_input,
+                                    torch::Tensor flat, torch::Tensor by_input,
                                     torch::Tensor by_flat, torch::Tensor members, torch::Tensor group_start,
                                     torch::Tensor groups, torch::Tensor head_w, torch::Tensor head_b, bool keep,
                                     c10::optional<torch::Tensor> grouped_w) {
-  return sparse_layer(xt, weight, bias, ptr, flat, unit, by_input, by_flat, members, group_start, groups, -1,
+  return sparse_layer(xt, weight, bias, ptr, flat, by_input, by_flat, members, group_start, groups, -1,
                       head_w, head_b, keep, grouped_w);
 }
 
@@ -532,7 +529,7 @@ std::vector<torch::Tensor> sparse_q(torch::Tensor xt, torch::Tensor weight, torc
 constexpr size_t kAhead = 4;
 
 torch::Tensor sparse_grad_weight(torch::Tensor grad, torch::Tensor xt, torch::Tensor ptr,
-                                 torch::Tensor flat, torch::Tensor unit, int64_t entries) {
+                                 torch::Tensor flat, int64_t entries) {
   const int64_t N = xt.size(0), D = xt.size(1), B = xt.size(2), U = grad.size(1);
   const int64_t padded = (U + kBlock - 1) / kBlock * kBlock;
   const int64_t parts = std::min(parts_per_agent(N), D);
@@ -543,7 +540,7 @@ torch::Tensor sparse_grad_weight(torch::Tensor grad, torch::Tensor xt, torch::Te
   const float* xp = xt.data_ptr<float>();
   const float* gp = grad.data_ptr<float>();
   float* wp = gw.data_ptr<float>();
-  const Inverse inv(ptr, flat, unit);
+  const Inverse inv(ptr, flat);
   const UnitOf unit_of(entries, U);
   at::parallel_for(0, N * parts, 1, [&](int64_t begin, int64_t end) {
     FlushDenormals flush;
@@ -643,25 +640,25 @@ torch::Tensor relu_grad(torch::Tensor out, torch::Tensor grad_out) {
 
 // grad (N, U, B), weight (N, U * K) -> input gradient, transposed: (N, D, B)
 torch::Tensor sparse_grad_input(torch::Tensor grad, torch::Tensor weight, torch::Tensor ptr,
-                                torch::Tensor flat, torch::Tensor unit, int64_t inputs) {
+                                torch::Tensor flat, int64_t inputs) {
   const int64_t N = grad.size(0), U = grad.size(1), B = grad.size(2), E = weight.size(1);
   auto gx = torch::zeros({N, inputs, B}, grad.options());
   const float* gp = grad.data_ptr<float>();
   const float* wp = weight.data_ptr<float>();
   float* xp = gx.data_ptr<float>();
-  const Inverse inv(ptr, flat, unit);
+  const Inverse inv(ptr, flat);
+  const UnitOf unit_of(E, U);
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     FlushDenormals flush;
     for (int64_t n = begin; n < end; ++n) {
       const float* w = wp + n * E;
       const int32_t* p = inv.ptr_of(n, inputs);
       const int32_t* f = inv.flat_of(n, E);
-      const int32_t* u = inv.unit_of(n, E);
       for (int64_t i = 0; i < inputs; ++i) {
         float* x = xp + (n * inputs + i) * B;
         for (int32_t e = p[i]; e < p[i + 1]; ++e) {
           const float we = w[f[e]];
-          const float* row = gp + (n * U + u[e]) * B;
+          const float* row = gp + (n * U + unit_of(f[e])) * B;
           for (int64_t b = 0; b < B; ++b) x[b] += we * row[b];
         }
       }
@@ -1138,7 +1135,7 @@ std::vector<torch::Tensor> replay_sample(torch::Tensor obs, torch::Tensor next_o
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_forward", &sparse_forward, py::arg("xt"), py::arg("weight"), py::arg("bias"), py::arg("ptr"),
-        py::arg("flat"), py::arg("unit"), py::arg("by_input"), py::arg("by_flat"), py::arg("members"),
+        py::arg("flat"), py::arg("by_input"), py::arg("by_flat"), py::arg("members"),
         py::arg("group_start"), py::arg("groups"), py::arg("by_unit") = -1,
         py::arg("grouped_w") = py::none());
   m.def("sparse_grad_weight", &sparse_grad_weight);

@@ -61,10 +61,15 @@ def forward(mod, plan, masks):
 
 def inverse(mod, plan, masks):
     """The masks read by input as a version takes them: since grouped units, one set for a
-    population whose masks are alike; before, one set per agent."""
-    if "members" in mod.sparse_forward.__doc__:
-        return plan.inverse
-    return tuple(t.expand(len(masks), -1).contiguous() for t in plan.inverse)
+    population whose masks are alike; before, one set per agent. Before units were computed from
+    entries, with a table of each entry's unit."""
+    doc = mod.sparse_forward.__doc__
+    tables = plan.inverse
+    if "flat: torch.Tensor, by_input" not in doc:  # every version before took a unit table
+        tables = (*tables, tables[1] // masks.shape[2])
+    if "members" in doc:
+        return tables
+    return tuple(t.expand(len(masks), -1).contiguous() for t in tables)
 
 
 def unit_rows(index):
