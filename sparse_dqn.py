@@ -1101,15 +1101,19 @@ class _SparseQCpp(torch.autograd.Function):
     def backward(ctx, grad_q):
         xt, flat_w, out, head_w = ctx.saved_tensors
         needs = ctx.needs_input_grad
+        n, units, batch = out.shape
+        mkls_order_known = batch == 32 and grad_q.shape[2] == 6 and units % 2 == 0 and units >= 16
+        grad_head_b = grad_q.sum(1) if needs[4] else None
+        if mkls_order_known and grad_q.is_contiguous() and needs[1] and needs[3] and not needs[0]:
+            # training's update with learned hidden weights: its three products in one pass
+            grad_head_w, grad, grad_w = _kernels().sparse_q_backward(out, grad_q, head_w, xt, *ctx.plan.inverse)
+            return None, grad_w.view(ctx.shape), grad.sum(2) if needs[2] else None, grad_head_w, grad_head_b, None
         grad_head_w = None
         if needs[3]:
-            n, units, batch = out.shape
-            mkls_order_known = batch == 32 and grad_q.shape[2] == 6 and units % 2 == 0 and units >= 16
             if mkls_order_known and grad_q.is_contiguous():
                 grad_head_w = _kernels().head_grad_weight(out, grad_q)
             else:
                 grad_head_w = torch.bmm(out, grad_q).transpose(1, 2)
-        grad_head_b = grad_q.sum(1) if needs[4] else None
         grads = (None, None, None)
         if any(needs[:3]):
             grads = _sparse_grads(ctx, _kernels().head_relu_grad(out, grad_q, head_w), xt, flat_w, needs[:3])
@@ -1225,9 +1229,14 @@ def q_values(params: dict[str, torch.Tensor], x: torch.Tensor, plan: SparsePlan 
         hidden = sparse_relu_layer(x, params["hidden_w"], params["hidden_b"], plan).transpose(1, 2)
     else:  # a fully connected layer (dense, learned L1): one matmul beats any gather
         hidden = F.relu(batched_linear(x, params["hidden_w"], params["hidden_b"]))
-    # (N, B, units) @ (N, units, A): of the bmm layouts, the one whose per-agent results do not
-    # depend on N, in values and gradients, so that populations match runs alone bit for bit (on
-    # one thread: with more, MKL may split a small population's sums across threads).
+    return _head(params, hidden)
+
+
+def _head(params: dict[str, torch.Tensor], hidden: torch.Tensor) -> torch.Tensor:
+    """The Q head on hidden (N, B, units). (N, B, units) @ (N, units, A): of the bmm layouts, the
+    one whose per-agent results do not depend on N, in values and gradients, so that populations
+    match runs alone bit for bit (on one thread: with more, MKL may split a small population's
+    sums across threads)."""
     return torch.baddbmm(params["head_b"].unsqueeze(1), hidden, params["head_w"].transpose(1, 2))
 
 
@@ -1354,14 +1363,29 @@ class CentredRMSprop:
         self.grad_avg = [torch.zeros_like(p) for p in params]
 
     @torch.no_grad()
-    def step(self):
+    def step(self, act: tuple | None = None) -> torch.Tensor | None:
+        """One step of every parameter. act (i, xt, bias, plan), where the C++ kernels take it:
+        parameter i is a C++ sparse layer's weights (N, units, k), bias its bias (a parameter
+        too), and the step of each agent's weights is followed by acting's forward on the next
+        observations xt (N, inputs, 1), returned as the layer's activations (N, units, 1), the
+        bits sparse_relu_layer gives; None where the step could not take it."""
         float32 = all(p.dtype == torch.float32 for p in self.params)
-        fused = _kernels() if float32 and all(p.device.type == "cpu" for p in self.params) else None
+        cpu = float32 and all(p.device.type == "cpu" for p in self.params)
+        fused = _kernels() if cpu else None
         fused = fused or (_triton_for(self.params[0]) if float32 else None)
-        for i, (p, sq, mean) in enumerate(zip(self.params, self.square_avg, self.grad_avg)):
+        acting = act[0] if act is not None and cpu and fused is not None else None
+        activations = None
+        order = sorted(range(len(self.params)), key=lambda i: i == acting)  # the weights after their bias
+        for i in order:
+            p, sq, mean = self.params[i], self.square_avg[i], self.grad_avg[i]
             g, l1 = p.grad, self.l1.get(i)
             if fused is not None and p.is_contiguous() and g.is_contiguous():
-                fused.centred_rmsprop_step(p, g, sq, mean, self.lr, self.alpha, self.eps, l1)
+                if i == acting:
+                    _, xt, bias, plan = act
+                    activations = fused.centred_rmsprop_step_then_act(
+                        p, g, sq, mean, self.lr, self.alpha, self.eps, l1, xt, bias, *plan.inverse)
+                else:
+                    fused.centred_rmsprop_step(p, g, sq, mean, self.lr, self.alpha, self.eps, l1)
                 p.grad = None
                 continue
             if l1 is not None:
@@ -1371,6 +1395,7 @@ class CentredRMSprop:
             avg = sq.addcmul(mean, mean, value=-1).clamp_min_(0).sqrt_().add_(self.eps)
             p.addcdiv_(g, avg, value=-self.lr)
             p.grad = None
+        return activations
 
 
 class _Group:
@@ -1392,20 +1417,34 @@ class _Group:
         self.inputs_major = self.plan is not None and self.plan.inverse is not None  # the C++ sparse layer
         self.target = {n: t.detach().clone() if t.requires_grad else t for n, t in stacked.items()}
         c = cfgs[0]
-        learned = [name for name, t in stacked.items() if t.requires_grad]
+        self.learned = learned = [name for name, t in stacked.items() if t.requires_grad]
         coefs = [cf.l1_coef if (cf.arch == "l1" and not self.frozen) else 0.0 for cf in cfgs]
         l1 = {learned.index("hidden_w"): torch.tensor(coefs, device=device)} if any(coefs) else None
         self.optimizer = CentredRMSprop([stacked[name] for name in learned], lr=c.lr, alpha=c.rms_alpha,
                                         eps=c.rms_eps, l1=l1)
 
-    def update(self, batch, gamma: float):
+    def update(self, batch, gamma: float, act_on: torch.Tensor | None = None) -> torch.Tensor | None:
+        """One DQN update of every member. act_on: the next frame's observations (N, 1, inputs); for
+        a learned C++ sparse layer, the step then makes their activations on the new weights, which
+        it returns for greedy (else None): acting reads the weights while they are in cache."""
         obs, action, reward, next_obs, done = batch
         q = q_values(self.params, obs, self.plan).gather(2, action.unsqueeze(2)).squeeze(2)
         with torch.no_grad():
             target = reward + gamma * (1 - done) * q_values(self.target, next_obs, self.plan).amax(2)
         # The L1 penalty's gradient is added by the optimiser (CentredRMSprop's l1).
         F.smooth_l1_loss(q, target, reduction="none").mean(1).sum().backward()
-        self.optimizer.step()
+        act = None
+        if act_on is not None and self.inputs_major and self.params["hidden_w"].requires_grad:
+            act = (self.learned.index("hidden_w"), act_on.transpose(1, 2).contiguous(), self.params["hidden_b"],
+                   self.plan)
+        return self.optimizer.step(act)
+
+    def greedy(self, x: torch.Tensor, activations: torch.Tensor | None = None) -> torch.Tensor:
+        """The members' greedy actions (N,) on observations x (N, 1, inputs); activations: their
+        sparse layer's on x, from the last update (see update), if it made them."""
+        if activations is None:
+            return q_values(self.params, x, self.plan).squeeze(1).argmax(1)
+        return _head(self.params, activations.transpose(1, 2)).squeeze(1).argmax(1)
 
     def state_dict(self) -> dict:
         return {"params": {n: t.detach() for n, t in self.params.items()}, "target": self.target,
@@ -1530,6 +1569,7 @@ def train_population(agents: Sequence[tuple[Config, int]], progress: bool | Call
     if report is not None:
         report(n * first_frame)
     frame = first_frame
+    acted = {}  # group: its activations on the next frame's observations if its update made them
     while frame < cfg0.frames:
         # One block of frames: its draws come in bulk, its episode ends reach the host at its end.
         block = min(FRAME_BLOCK, cfg0.frames - frame, _next_stop(cfg0, frame) - frame)
@@ -1548,7 +1588,7 @@ def train_population(agents: Sequence[tuple[Config, int]], progress: bool | Call
                     x = obs.float().unsqueeze(1)
                     greedy = torch.empty(n, dtype=torch.long, device=device)
                     for g in groups:
-                        greedy[g.members] = q_values(g.params, x[g.members], g.plan).squeeze(1).argmax(1)
+                        greedy[g.members] = g.greedy(x[g.members], acted.pop(g, None))
                 actions = torch.where(u["explore"][:, t] < eps, actions, greedy)
             reward, done = game.act(actions, u["sticky"][:, t])
             next_obs = game.observe()
@@ -1564,8 +1604,11 @@ def train_population(agents: Sequence[tuple[Config, int]], progress: bool | Call
 
             if frame >= cfg0.learning_starts:
                 idx = (u_replay[:, t] * replay.size).long()
+                acts_next = frame + 1 < cfg0.frames and epsilon(cfg0, frame + 1) < 1.0
+                x = obs.float().unsqueeze(1) if acts_next else None
                 for g in groups:
-                    g.update(replay.sample(g.members, idx[g.members], g.inputs_major), cfg0.gamma)
+                    acted[g] = g.update(replay.sample(g.members, idx[g.members], g.inputs_major), cfg0.gamma,
+                                        x[g.members] if acts_next else None)
                 updates += 1
                 if updates % cfg0.target_update == 0:
                     for g in groups:

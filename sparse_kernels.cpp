@@ -10,6 +10,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
+#include <unordered_map>
 #include <vector>
 #include <cmath>
 #include <cstring>
@@ -514,24 +515,139 @@ std::vector<torch::Tensor> sparse_q(torch::Tensor xt, torch::Tensor weight, torc
                       head_w, head_b, keep, grouped_w);
 }
 
-// grad (N, U, B) of the pre-activations, xt (N, D, B) -> weight gradient (N, U * K). Pieces of an
-// agent are ranges of inputs: each weight belongs to one input, so they write disjoint entries.
-// A weight's gradient is its unit's gradient times its input, summed over the batch in batch order.
-// An input on in a few samples: each weight adds up those few. An input on in many samples: a
+static inline void transpose16(Vec* r) {  // r[0..15], rows of 16 floats, transposed in place
+  for (int h = 8; h >= 1; h /= 2) {
+    typedef int Mask __attribute__((vector_size(kLanes * sizeof(int))));
+    Mask low, high;
+    for (int j = 0; j < kLanes; ++j) {
+      low[j] = (j & h) ? kLanes + j - h : j;
+      high[j] = (j & h) ? kLanes + j : j + h;
+    }
+    for (int i = 0; i < kLanes; ++i)
+      if (!(i & h)) {
+        const Vec a = r[i], b = r[i + h];
+        r[i] = __builtin_shuffle(a, b, low);
+        r[i + h] = __builtin_shuffle(a, b, high);
+      }
+  }
+}
+
+// A gradient g (U, B) laid out by sample, (B, padded), 16 x 16 tiles at a time transposed in
+// registers where the batch is whole vectors: one float at a time, each store to another sample's
+// row, took a seventh of the weight gradient's time (64 Space Invaders predictive agents).
+static void lay_out_by_sample(const float* g, int64_t U, int64_t B, int64_t padded, float* by_sample) {
+  if (B % kLanes != 0) {
+    for (int64_t j = 0; j < U; ++j)
+      for (int64_t b = 0; b < B; ++b) by_sample[b * padded + j] = g[j * B + b];
+    return;
+  }
+  for (int64_t u0 = 0; u0 < U; u0 += kLanes) {
+    const int64_t width = std::min<int64_t>(kLanes, U - u0);  // a last tile's missing units: zeros, in the padding
+    for (int64_t b0 = 0; b0 < B; b0 += kLanes) {
+      Vec r[kLanes] = {};
+      for (int64_t i = 0; i < width; ++i) std::memcpy(&r[i], g + (u0 + i) * B + b0, sizeof(Vec));
+      transpose16(r);
+      for (int64_t b = 0; b < kLanes; ++b) std::memcpy(by_sample + (b0 + b) * padded + u0, &r[b], sizeof(Vec));
+    }
+  }
+}
+
+// The weight gradient of one agent's inputs i_begin..i_end, from its gradient g (U, B) of the
+// pre-activations and its input x (D, B), written to its row w (U * K), whose other entries are
+// zero. A weight's gradient is its unit's gradient times its input, summed over the batch in batch
+// order. An input on in a few samples: each weight adds up those few. An input on in many samples: a
 // weight-by-weight sum would be one chain of dependent adds per weight, so every unit's sum is
 // computed at once, from the gradient laid out by sample, as vectors across units that add one
 // sample after another in batch order (the same order, so the same bits as the chain); each
-// weight then takes its unit's sum. Inputs on in every sample (Breakout's bricks) share one set.
+// weight then takes its unit's sum. Inputs on in the same samples, as 1s (MinAtar's observations
+// are 0/1), have the same sums, made once: 91 inputs of a Space Invaders batch share 47 sets of
+// samples (predictive masks), and Breakout's bricks, on in every sample, share one.
 // The tables cost most where each agent has its own (predictive, random masks): they do not stay in
 // cache. The entries of the input kAhead on-inputs ahead are asked for, and units are computed from
 // entries (UnitOf) for every mask, not read: 8.6 to 7.2 ms for 64 Space Invaders predictive agents,
 // one thread; spatial's, whose one set of tables stays in cache, unchanged within noise.
 constexpr size_t kAhead = 4;
 
+struct WeightGradScratch {  // a thread's, reused from agent to agent
+  std::vector<float> by_sample, sums;  // sums: a row of padded units per set of samples, row 0 for one not shared
+  std::unordered_map<uint64_t, int64_t> row_of;  // the rows of sets of samples, by their bits
+  std::vector<int32_t> lanes, on_inputs;
+};
+
+static void weight_grad_piece(const float* g, const float* xa, const int32_t* p, const int32_t* f,
+                              const UnitOf& unit_of, int64_t U, int64_t B, int64_t i_begin, int64_t i_end,
+                              float* w, WeightGradScratch& scratch) {
+  const int64_t padded = (U + kBlock - 1) / kBlock * kBlock;
+  auto& [by_sample, sums, row_of, lanes, on_inputs] = scratch;
+  lanes.resize(B);
+  bool laid_out = false;
+  on_inputs.clear();
+  row_of.clear();
+  for (int64_t i = i_begin; i < i_end; ++i)
+    if (on_count(xa + i * B, B)) on_inputs.push_back(int32_t(i));
+  int32_t at[kFew];
+  for (size_t j = 0; j < on_inputs.size(); ++j) {
+    const int64_t i = on_inputs[j];
+    if (j + kAhead < on_inputs.size()) {
+      const int32_t ahead = on_inputs[j + kAhead];
+      prefetch_range(f + p[ahead], (p[ahead + 1] - p[ahead]) * sizeof(int32_t));
+    }
+    const float* x = xa + i * B;
+    const int count = few_nonzero(x, B, at);
+    if (count < kMany) {
+      for (int32_t e = p[i]; e < p[i + 1]; ++e) {
+        const float* row = g + unit_of(f[e]) * B;
+        float s = 0.f;
+        for (int c = 0; c < count; ++c) s += row[at[c]] * x[at[c]];
+        w[f[e]] = s;
+      }
+      continue;
+    }
+    uint64_t lanes_on = 0;  // the samples the input is on in, where the batch fits in 64 bits
+    bool shared = B <= 64;  // and on as 1s: then its sums are those of every such input
+    int on = 0;
+    for (int64_t b = 0; b < B; ++b)
+      if (x[b] != 0.f) {
+        lanes[on++] = int32_t(b);
+        shared = shared && x[b] == 1.f;
+        if (B <= 64) lanes_on |= uint64_t(1) << b;
+      }
+    const auto found = shared ? row_of.find(lanes_on) : row_of.end();
+    int64_t row = 0;
+    if (found != row_of.end()) {
+      row = found->second;
+    } else {
+      if (shared) row = int64_t(row_of.size()) + 1, row_of.emplace(lanes_on, row);
+      if (int64_t(sums.size()) < (row + 1) * padded) sums.resize((row + 1) * padded);
+      if (!laid_out) {  // the agent's gradient as (B, units), on first need
+        if (int64_t(by_sample.size()) != B * padded) by_sample.assign(B * padded, 0.f);  // padding stays 0
+        lay_out_by_sample(g, U, B, padded, by_sample.data());
+        laid_out = true;
+      }
+      for (int64_t u0 = 0; u0 < padded; u0 += kBlock) {
+        Vec acc[kVecs] = {};
+        for (int c = 0; c < on; ++c) {
+          const float* r0 = by_sample.data() + int64_t(lanes[c]) * padded + u0;
+          const float xv = x[lanes[c]];
+          for (int v = 0; v < kVecs; ++v) {
+            Vec r;
+            std::memcpy(&r, r0 + v * kLanes, sizeof r);
+            acc[v] += r * xv;
+          }
+        }
+        std::memcpy(sums.data() + row * padded + u0, acc, sizeof acc);
+      }
+    }
+    const float* s = sums.data() + row * padded;
+    for (int32_t e = p[i]; e < p[i + 1]; ++e) w[f[e]] = s[unit_of(f[e])];
+  }
+}
+
+// grad (N, U, B) of the pre-activations, xt (N, D, B) -> weight gradient (N, U * K). Pieces of an
+// agent are ranges of inputs: each weight belongs to one input, so they write disjoint entries.
 torch::Tensor sparse_grad_weight(torch::Tensor grad, torch::Tensor xt, torch::Tensor ptr,
                                  torch::Tensor flat, int64_t entries) {
   const int64_t N = xt.size(0), D = xt.size(1), B = xt.size(2), U = grad.size(1);
-  const int64_t padded = (U + kBlock - 1) / kBlock * kBlock;
   const int64_t parts = std::min(parts_per_agent(N), D);
   // Pieces of one agent share its row of zeros, filled before any of them writes; an agent in one
   // piece fills its own row just before its writes, which then find its lines in cache, where a
@@ -544,65 +660,12 @@ torch::Tensor sparse_grad_weight(torch::Tensor grad, torch::Tensor xt, torch::Te
   const UnitOf unit_of(entries, U);
   at::parallel_for(0, N * parts, 1, [&](int64_t begin, int64_t end) {
     FlushDenormals flush;
-    std::vector<float> by_sample, sums(padded), always_on_sums(padded);
-    std::vector<int32_t> lanes(B), on_inputs;
+    WeightGradScratch scratch;
     for (int64_t item = begin; item < end; ++item) {
       const int64_t n = item / parts, part = item % parts;
       if (parts == 1) std::memset(wp + n * entries, 0, entries * sizeof(float));
-      const int32_t* p = inv.ptr_of(n, D);
-      const int32_t* f = inv.flat_of(n, entries);
-      const float* g = gp + n * U * B;
-      float* w = wp + n * entries;
-      int32_t at[kFew];
-      bool laid_out = false, always_on_summed = false;
-      on_inputs.clear();
-      for (int64_t i = D * part / parts; i < D * (part + 1) / parts; ++i)
-        if (on_count(xp + (n * D + i) * B, B)) on_inputs.push_back(int32_t(i));
-      for (size_t j = 0; j < on_inputs.size(); ++j) {
-        const int64_t i = on_inputs[j];
-        if (j + kAhead < on_inputs.size()) {
-          const int32_t ahead = on_inputs[j + kAhead];
-          prefetch_range(f + p[ahead], (p[ahead + 1] - p[ahead]) * sizeof(int32_t));
-        }
-        const float* x = xp + (n * D + i) * B;
-        const int count = few_nonzero(x, B, at);
-        if (count < kMany) {
-          for (int32_t e = p[i]; e < p[i + 1]; ++e) {
-            const float* row = g + unit_of(f[e]) * B;
-            float s = 0.f;
-            for (int c = 0; c < count; ++c) s += row[at[c]] * x[at[c]];
-            w[f[e]] = s;
-          }
-          continue;
-        }
-        const bool always_on = std::all_of(x, x + B, [](float v) { return v == 1.f; });
-        float* s = always_on ? always_on_sums.data() : sums.data();
-        if (!(always_on && always_on_summed)) {
-          if (!laid_out) {  // this agent's gradient as (B, units), on first need
-            if (by_sample.empty()) by_sample.assign(B * padded, 0.f);  // padding stays 0
-            for (int64_t j = 0; j < U; ++j)
-              for (int64_t b = 0; b < B; ++b) by_sample[b * padded + j] = g[j * B + b];
-            laid_out = true;
-          }
-          int on = 0;
-          for (int64_t b = 0; b < B; ++b) lanes[on] = int32_t(b), on += x[b] != 0.f;
-          for (int64_t u0 = 0; u0 < padded; u0 += kBlock) {
-            Vec acc[kVecs] = {};
-            for (int c = 0; c < on; ++c) {
-              const float* row = by_sample.data() + int64_t(lanes[c]) * padded + u0;
-              const float xv = x[lanes[c]];
-              for (int v = 0; v < kVecs; ++v) {
-                Vec r;
-                std::memcpy(&r, row + v * kLanes, sizeof r);
-                acc[v] += r * xv;
-              }
-            }
-            std::memcpy(s + u0, acc, sizeof acc);
-          }
-          always_on_summed |= always_on;
-        }
-        for (int32_t e = p[i]; e < p[i + 1]; ++e) w[f[e]] = s[unit_of(f[e])];
-      }
+      weight_grad_piece(gp + n * U * B, xp + n * D * B, inv.ptr_of(n, D), inv.flat_of(n, entries), unit_of, U, B,
+                        D * part / parts, D * (part + 1) / parts, wp + n * entries, scratch);
     }
   });
   return gw;
@@ -729,23 +792,6 @@ torch::Tensor head_relu_grad(torch::Tensor out, torch::Tensor grad, torch::Tenso
 // holds one sample of 16 units. MKL takes 5x longer (benchmarks/head_layout.py).
 constexpr int64_t kHeadBatch = 32, kHeadActions = 6;
 
-static inline void transpose16(Vec* r) {  // r[0..15], rows of 16 floats, transposed in place
-  for (int h = 8; h >= 1; h /= 2) {
-    typedef int Mask __attribute__((vector_size(kLanes * sizeof(int))));
-    Mask low, high;
-    for (int j = 0; j < kLanes; ++j) {
-      low[j] = (j & h) ? kLanes + j - h : j;
-      high[j] = (j & h) ? kLanes + j : j + h;
-    }
-    for (int i = 0; i < kLanes; ++i)
-      if (!(i & h)) {
-        const Vec a = r[i], b = r[i + h];
-        r[i] = __builtin_shuffle(a, b, low);
-        r[i + h] = __builtin_shuffle(a, b, high);
-      }
-  }
-}
-
 #pragma GCC push_options
 #pragma GCC optimize("fp-contract=off")
 static void head_grad_weight_agent(const float* __restrict__ out, const float* __restrict__ g, int64_t U,
@@ -811,6 +857,52 @@ torch::Tensor head_grad_weight(torch::Tensor out, torch::Tensor grad) {
   return gw;
 }
 
+// The update's backward through the sparse network (_SparseQCpp), agent by agent: the head's weight
+// gradient (head_grad_weight), the gradient through the ReLU (head_relu_grad: returned, for the
+// bias gradient, its sums over the batch) and from it, while it is in cache, the sparse layer's
+// weight gradient (sparse_grad_weight). Each agent's activations and that gradient are read from
+// memory once, where the three kernels read them three times. -> (head's weight gradient (N, A, U),
+// gradient through the ReLU (N, U, B), layer's weight gradient (N, U * K)).
+std::vector<torch::Tensor> sparse_q_backward(torch::Tensor out, torch::Tensor grad_q, torch::Tensor head_w,
+                                             torch::Tensor xt, torch::Tensor ptr, torch::Tensor flat) {
+  const int64_t N = out.size(0), U = out.size(1), B = out.size(2), D = xt.size(1), entries = flat.size(1);
+  TORCH_CHECK(out.is_contiguous() && grad_q.is_contiguous() && head_w.is_contiguous() && B == kHeadBatch &&
+              grad_q.size(1) == kHeadBatch && grad_q.size(2) == kHeadActions && head_w.size(2) == U,
+              "sparse_q_backward: out (N, U, 32), grad_q (N, 32, 6), head_w (N, 6, U), contiguous");
+  if (parts_per_agent(N) > 1) {  // too few agents to keep every thread busy one agent each
+    auto relu = head_relu_grad(out, grad_q, head_w);
+    return {head_grad_weight(out, grad_q), relu, sparse_grad_weight(relu, xt, ptr, flat, entries)};
+  }
+  const int64_t A = kHeadActions;
+  auto by_action = grad_q.transpose(1, 2).contiguous();
+  auto grad_head_w = torch::empty({N, A, U}, out.options());
+  auto relu = torch::empty_like(out);
+  auto gw = torch::empty({N, entries}, out.options());
+  const float* op = out.data_ptr<float>();
+  const float* qp = grad_q.data_ptr<float>();
+  const float* ap = by_action.data_ptr<float>();
+  const float* hp = head_w.data_ptr<float>();
+  const float* xp = xt.data_ptr<float>();
+  float* hg = grad_head_w.data_ptr<float>();
+  float* rp = relu.data_ptr<float>();
+  float* wp = gw.data_ptr<float>();
+  const Inverse inv(ptr, flat);
+  const UnitOf unit_of(entries, U);
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> acc(B);
+    WeightGradScratch scratch;
+    for (int64_t n = begin; n < end; ++n) {  // the head's denormals kept, as MKL keeps them
+      head_grad_weight_agent(op + n * U * B, qp + n * B * A, U, hg + n * A * U);
+      head_relu_grad_agent(ap + n * A * B, hp + n * A * U, op + n * U * B, U, B, A, acc.data(), rp + n * U * B);
+      FlushDenormals flush;
+      std::memset(wp + n * entries, 0, entries * sizeof(float));
+      weight_grad_piece(rp + n * U * B, xp + n * D * B, inv.ptr_of(n, D), inv.flat_of(n, entries), unit_of, U, B, 0,
+                        D, wp + n * entries, scratch);
+    }
+  });
+  return {grad_head_w, relu, gw};
+}
+
 // One step of centred RMSprop (momentum 0) in a single pass over memory, the variance clamped at
 // zero before its square root, as CentredRMSprop in sparse_dqn.py does it in four passes. With
 // l1 (one coefficient per agent, the tensor's leading dimension), the gradient of the L1 penalty,
@@ -854,6 +946,44 @@ void centred_rmsprop_step(torch::Tensor param, torch::Tensor grad, torch::Tensor
       i = stop;
     }
   });
+}
+
+// The step of a sparse layer's weights (N, U * K), each agent's followed at once by acting's
+// forward (forward_by_input, one sample) on the next frame's observation xt (N, D, 1), with its bias
+// (N, U) already stepped: the agent's new weights are still in cache, where acting on its own reads
+// them back from memory, scattered, after the whole population's step. -> relu activations (N, U, 1).
+torch::Tensor centred_rmsprop_step_then_act(torch::Tensor param, torch::Tensor grad, torch::Tensor square_avg,
+                                            torch::Tensor grad_avg, double lr, double alpha, double eps,
+                                            c10::optional<torch::Tensor> l1, torch::Tensor xt, torch::Tensor bias,
+                                            torch::Tensor ptr, torch::Tensor flat) {
+  const int64_t N = param.size(0), E = param.numel() / N, D = xt.size(1), U = bias.size(1);
+  TORCH_CHECK(xt.is_contiguous() && xt.size(0) == N && xt.size(2) == 1 && bias.is_contiguous() && bias.size(0) == N,
+              "centred_rmsprop_step_then_act: xt (N, D, 1), bias (N, U), contiguous");
+  const bool by_agent = parts_per_agent(N) == 1;  // else the step is cut finer than agents, and acts after
+  if (!by_agent) centred_rmsprop_step(param, grad, square_avg, grad_avg, lr, alpha, eps, l1);
+  else param.unsafeGetTensorImpl()->bump_version();
+  float* p = param.data_ptr<float>();
+  const float* g = grad.data_ptr<float>();
+  float* sq = square_avg.data_ptr<float>();
+  float* mean = grad_avg.data_ptr<float>();
+  const float a = alpha, keep = 1.0 - alpha, rate = lr, e = eps;
+  const float* coef = l1 ? l1->data_ptr<float>() : nullptr;
+  auto out = torch::empty({N, U, 1}, xt.options());
+  const float* xp = xt.data_ptr<float>();
+  const float* bp = bias.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const Inverse inv(ptr, flat);
+  const UnitOf unit_of(E, U);
+  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
+    FlushDenormals flush;
+    for (int64_t n = begin; n < end; ++n) {
+      if (by_agent && coef == nullptr) rmsprop_range<false>(p, g, sq, mean, n * E, (n + 1) * E, 0.f, a, keep, rate, e);
+      if (by_agent && coef != nullptr) rmsprop_range<true>(p, g, sq, mean, n * E, (n + 1) * E, coef[n], a, keep, rate, e);
+      forward_by_input(xp + n * D, p + n * E, bp + n * U, inv.ptr_of(n, D), inv.flat_of(n, E), unit_of, D, U, 1, 0, 1,
+                       op + n * U);
+    }
+  });
+  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1145,6 +1275,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("head_forward", &head_forward);
   m.def("head_relu_grad", &head_relu_grad);
   m.def("head_grad_weight", &head_grad_weight);
+  m.def("sparse_q_backward", &sparse_q_backward);
   m.def("breakout_step", &breakout_step);
   m.def("breakout_observe", &breakout_observe);
   m.def("space_invaders_step", &space_invaders_step);
@@ -1154,4 +1285,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("done"), py::arg("agents"), py::arg("idx"), py::arg("inputs"), py::arg("inputs_major") = false);
   m.def("centred_rmsprop_step", &centred_rmsprop_step, py::arg("param"), py::arg("grad"), py::arg("square_avg"),
         py::arg("grad_avg"), py::arg("lr"), py::arg("alpha"), py::arg("eps"), py::arg("l1") = py::none());
+  m.def("centred_rmsprop_step_then_act", &centred_rmsprop_step_then_act, py::arg("param"), py::arg("grad"),
+        py::arg("square_avg"), py::arg("grad_avg"), py::arg("lr"), py::arg("alpha"), py::arg("eps"), py::arg("l1"),
+        py::arg("xt"), py::arg("bias"), py::arg("ptr"), py::arg("flat"));
 }

@@ -37,7 +37,7 @@ def test_sparse_linear_equals_dense_masked_matmul_in_values_and_gradients(masked
 @pytest.mark.parametrize("alike", [False, True], ids=["masks of their own", "masks alike"])
 def test_the_cpp_sparse_layer_equals_a_dense_masked_layer_in_values_and_gradients(cpp_kernels, alike):
     """Every path of the C++ kernels: inputs off in the whole batch, on in a few samples, in many,
-    in every sample, and real-valued; a unit count that is not a multiple of the vector block;
+    in every sample, in the same samples as others, and real-valued; a unit count that is not a multiple of the vector block;
     agents with masks of their own, and agents whose masks are alike (whose tables are shared)."""
     torch.manual_seed(1)
     n, b, d, u, k = 2, 32, 60, 70, 9
@@ -47,6 +47,8 @@ def test_the_cpp_sparse_layer_equals_a_dense_masked_layer_in_values_and_gradient
     x[:, :, 10:15] = 0.0
     x[:, :3, 10:15] = 1.0  # on in a few samples
     x[:, :, 15:20] *= torch.randn(n, b, 5)  # real-valued
+    x[:, :, 20:25] = x[:, :, 25:26]  # on in the same samples, as 1s: their sums are shared
+    x[:, :, 26] = 2 * x[:, :, 25]  # in the same samples, but not as 1s: not shared
     index = random_masks(1, u, k, d).expand(n, u, k) if alike else random_masks(n, u, k, d)
     w = torch.randn(n, u, k, requires_grad=True)
     bias = torch.randn(n, u, requires_grad=True)
@@ -256,6 +258,40 @@ def test_the_optimisers_l1_term_is_autograds_penalty_gradient_bit_for_bit(kernel
     assert torch.equal(fused, autograd)
     assert all(torch.equal(a, b) for a, b in zip(ours.square_avg + ours.grad_avg,
                                                 reference.square_avg + reference.grad_avg))
+
+
+@pytest.mark.parametrize("l1", [False, True], ids=["", "with L1"])
+@pytest.mark.parametrize("agents", [1, 4], ids=["fewer agents than threads", "agent by agent"])
+def test_acting_in_the_step_gives_the_bits_of_a_step_then_the_layer(cpp_kernels, agents, l1):
+    """The update's step acts for the next frame on the weights it has just stepped
+    (CentredRMSprop.step's act): the parameters and optimiser state of a plain step, and the
+    activations sparse_relu_layer gives on them, bit for bit."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        cfg = sd.Config(env="space_invaders", hidden_units=120)
+        torch.manual_seed(agents)
+        masks = torch.stack([sd.random_mask(cfg, seed) for seed in range(agents)])
+        plan = sd.sparse_plan(masks, cfg.input_size)
+        x = (torch.rand(agents, 1, cfg.input_size) < 0.15).float()
+        start = [torch.randn(agents, 120, cfg.k) * 0.2, torch.randn(agents, 120) * 0.1]
+        grads = [torch.randn_like(t) for t in start]
+        runs = []
+        for act in (False, True):
+            params = [t.clone().requires_grad_() for t in start]
+            opt = sd.CentredRMSprop(params, lr=0.05, alpha=0.95, eps=0.01,
+                                    l1={0: torch.full((agents,), 1e-2)} if l1 else None)
+            for _ in range(2):
+                for p, g in zip(params, grads):
+                    p.grad = g.clone()
+                acted = opt.step((0, x.transpose(1, 2).contiguous(), params[1], plan) if act else None)
+            if not act:
+                acted = sd.sparse_relu_layer(x, params[0].detach(), params[1].detach(), plan)
+            runs.append([acted, *params, *opt.square_avg, *opt.grad_avg])
+        for plain, fused in zip(*runs):
+            assert torch.equal(fused.detach().view(torch.int32), plain.detach().view(torch.int32))
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_dense_layers_take_the_matmul_path_and_agree_with_the_gather_path():
