@@ -1415,6 +1415,7 @@ class _Group:
         self.params = stacked
         self.plan = sparse_plan(stacked["index"], cfgs[0].input_size) if "index" in stacked else None
         self.inputs_major = self.plan is not None and self.plan.inverse is not None  # the C++ sparse layer
+        self.acts_in_step = self.inputs_major and not self.frozen  # see update
         self.target = {n: t.detach().clone() if t.requires_grad else t for n, t in stacked.items()}
         c = cfgs[0]
         self.learned = learned = [name for name, t in stacked.items() if t.requires_grad]
@@ -1434,7 +1435,7 @@ class _Group:
         # The L1 penalty's gradient is added by the optimiser (CentredRMSprop's l1).
         F.smooth_l1_loss(q, target, reduction="none").mean(1).sum().backward()
         act = None
-        if act_on is not None and self.inputs_major and self.params["hidden_w"].requires_grad:
+        if act_on is not None and self.acts_in_step:
             act = (self.learned.index("hidden_w"), act_on.transpose(1, 2).contiguous(), self.params["hidden_b"],
                    self.plan)
         return self.optimizer.step(act)
@@ -1608,7 +1609,7 @@ def train_population(agents: Sequence[tuple[Config, int]], progress: bool | Call
                 x = obs.float().unsqueeze(1) if acts_next else None
                 for g in groups:
                     acted[g] = g.update(replay.sample(g.members, idx[g.members], g.inputs_major), cfg0.gamma,
-                                        x[g.members] if acts_next else None)
+                                        x[g.members] if acts_next and g.acts_in_step else None)
                 updates += 1
                 if updates % cfg0.target_update == 0:
                     for g in groups:
