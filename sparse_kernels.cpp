@@ -10,6 +10,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <algorithm>
+#include <optional>
 #include <unordered_map>
 #include <vector>
 #include <cmath>
@@ -926,26 +927,38 @@ static void rmsprop_range(float* __restrict__ p, const float* __restrict__ g, fl
   }
 }
 
-void centred_rmsprop_step(torch::Tensor param, torch::Tensor grad, torch::Tensor square_avg,
-                          torch::Tensor grad_avg, double lr, double alpha, double eps,
-                          c10::optional<torch::Tensor> l1) {
-  const int64_t size = param.numel();
-  param.unsafeGetTensorImpl()->bump_version();  // an in-place change, as torch's own ops record it
-  float* p = param.data_ptr<float>();
-  const float* g = grad.data_ptr<float>();
-  float* sq = square_avg.data_ptr<float>();
-  float* mean = grad_avg.data_ptr<float>();
-  const float a = alpha, keep = 1.0 - alpha, rate = lr, e = eps;
-  const float* coef = l1 ? l1->data_ptr<float>() : nullptr;
-  const int64_t block = l1 ? size / l1->numel() : size;  // weights per agent
-  at::parallel_for(0, size, 16384, [&](int64_t begin, int64_t end) {
-    FlushDenormals flush;
+// One step's tensors and numbers: range(begin, end) steps those entries of the flat parameter.
+struct RmspropStep {
+  float* p;
+  const float* g;
+  float *sq, *mean;
+  const float* coef;  // l1's, one per agent, or null
+  int64_t block;      // weights per agent
+  float a, keep, rate, e;
+  RmspropStep(torch::Tensor& param, const torch::Tensor& grad, torch::Tensor& square_avg, torch::Tensor& grad_avg,
+              double lr, double alpha, double eps, const c10::optional<torch::Tensor>& l1)
+      : p(param.data_ptr<float>()), g(grad.data_ptr<float>()), sq(square_avg.data_ptr<float>()),
+        mean(grad_avg.data_ptr<float>()), coef(l1 ? l1->data_ptr<float>() : nullptr),
+        block(l1 ? param.numel() / l1->numel() : param.numel()), a(alpha), keep(1.0 - alpha), rate(lr), e(eps) {
+    param.unsafeGetTensorImpl()->bump_version();  // an in-place change, as torch's own ops record it
+  }
+  void range(int64_t begin, int64_t end) const {
     if (coef == nullptr) return rmsprop_range<false>(p, g, sq, mean, begin, end, 0.f, a, keep, rate, e);
     for (int64_t i = begin; i < end;) {  // one agent's coefficient per stretch
       const int64_t n = i / block, stop = std::min(end, (n + 1) * block);
       rmsprop_range<true>(p, g, sq, mean, i, stop, coef[n], a, keep, rate, e);
       i = stop;
     }
+  }
+};
+
+void centred_rmsprop_step(torch::Tensor param, torch::Tensor grad, torch::Tensor square_avg,
+                          torch::Tensor grad_avg, double lr, double alpha, double eps,
+                          c10::optional<torch::Tensor> l1) {
+  const RmspropStep step(param, grad, square_avg, grad_avg, lr, alpha, eps, l1);
+  at::parallel_for(0, param.numel(), 16384, [&](int64_t begin, int64_t end) {
+    FlushDenormals flush;
+    step.range(begin, end);
   });
 }
 
@@ -962,13 +975,9 @@ torch::Tensor centred_rmsprop_step_then_act(torch::Tensor param, torch::Tensor g
               "centred_rmsprop_step_then_act: xt (N, D, 1), bias (N, U), contiguous");
   const bool by_agent = parts_per_agent(N) == 1;  // else the step is cut finer than agents, and acts after
   if (!by_agent) centred_rmsprop_step(param, grad, square_avg, grad_avg, lr, alpha, eps, l1);
-  else param.unsafeGetTensorImpl()->bump_version();
-  float* p = param.data_ptr<float>();
-  const float* g = grad.data_ptr<float>();
-  float* sq = square_avg.data_ptr<float>();
-  float* mean = grad_avg.data_ptr<float>();
-  const float a = alpha, keep = 1.0 - alpha, rate = lr, e = eps;
-  const float* coef = l1 ? l1->data_ptr<float>() : nullptr;
+  std::optional<RmspropStep> step;
+  if (by_agent) step.emplace(param, grad, square_avg, grad_avg, lr, alpha, eps, l1);
+  const float* p = param.data_ptr<float>();
   auto out = torch::empty({N, U, 1}, xt.options());
   const float* xp = xt.data_ptr<float>();
   const float* bp = bias.data_ptr<float>();
@@ -978,8 +987,7 @@ torch::Tensor centred_rmsprop_step_then_act(torch::Tensor param, torch::Tensor g
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     FlushDenormals flush;
     for (int64_t n = begin; n < end; ++n) {
-      if (by_agent && coef == nullptr) rmsprop_range<false>(p, g, sq, mean, n * E, (n + 1) * E, 0.f, a, keep, rate, e);
-      if (by_agent && coef != nullptr) rmsprop_range<true>(p, g, sq, mean, n * E, (n + 1) * E, coef[n], a, keep, rate, e);
+      if (step) step->range(n * E, (n + 1) * E);
       forward_by_input(xp + n * D, p + n * E, bp + n * U, inv.ptr_of(n, D), inv.flat_of(n, E), unit_of, D, U, 1, 0, 1,
                        op + n * U);
     }
