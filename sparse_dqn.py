@@ -1370,10 +1370,9 @@ class CentredRMSprop:
         observations xt (N, inputs, 1), returned as the layer's activations (N, units, 1), the
         bits sparse_relu_layer gives; None where the step could not take it."""
         float32 = all(p.dtype == torch.float32 for p in self.params)
-        cpu = float32 and all(p.device.type == "cpu" for p in self.params)
-        fused = _kernels() if cpu else None
-        fused = fused or (_triton_for(self.params[0]) if float32 else None)
-        acting = act[0] if act is not None and cpu and fused is not None else None
+        native = _kernels() if float32 and all(p.device.type == "cpu" for p in self.params) else None
+        fused = native or (_triton_for(self.params[0]) if float32 else None)
+        acting = act[0] if act is not None and native is not None else None  # a C++ kernel: see act
         activations = None
         order = sorted(range(len(self.params)), key=lambda i: i == acting)  # the weights after their bias
         for i in order:
