@@ -996,7 +996,8 @@ def _triton_for(x: torch.Tensor):
 class _SparseReluTriton(torch.autograd.Function):
     """sparse_relu_layer by the Triton kernels (sparse_triton): a gather-multiply-sum that reads
     k / inputs of what _MaskedDenseLinear's matmul reads, with bias and ReLU in the same pass, and
-    the weight and bias gradients in one backward pass. x takes no gradient (observations)."""
+    the weight and bias gradients in one backward pass. x takes no gradient (observations); as
+    bool, it is gathered as bits."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, plan):
@@ -1145,13 +1146,16 @@ def sparse_relu_layer(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
     """The sparse hidden layer: relu(sparse_linear(x, weight, mask) + bias), (N, units, B). In
     float32 it runs the C++ kernels on the CPU where they are built and the Triton kernels on the
     GPU where Triton is installed, else pure torch: the gather on the CPU, the masked-dense matmul
-    on the GPU."""
+    on the GPU. x may be bool (binary inputs, as observations are): the Triton kernels then gather
+    bits, 32 samples in a word (see sparse_triton); the other paths take it as 0.0 and 1.0."""
     plan = mask if isinstance(mask, SparsePlan) else sparse_plan(mask, x.shape[2])
-    float32 = x.dtype == weight.dtype == bias.dtype == torch.float32
-    if plan.inverse is not None and float32:
-        return _SparseReluCpp.apply(x, weight, bias, plan)
-    if plan.gather_index is not None and float32 and not x.requires_grad and _triton_for(x) is not None:
+    float32 = weight.dtype == bias.dtype == torch.float32
+    if (plan.gather_index is not None and float32 and x.dtype in (torch.float32, torch.bool) and not x.requires_grad
+            and _triton_for(x) is not None):
         return _SparseReluTriton.apply(x, weight, bias, plan)
+    x = x.to(weight.dtype) if x.dtype == torch.bool else x
+    if plan.inverse is not None and float32 and x.dtype == torch.float32:
+        return _SparseReluCpp.apply(x, weight, bias, plan)
     return F.relu(sparse_linear(x, weight, plan) + bias.unsqueeze(2))
 
 
@@ -1211,8 +1215,12 @@ HEAD_CPP_BATCH = 16
 
 
 def q_values(params: dict[str, torch.Tensor], x: torch.Tensor, plan: SparsePlan | None = None) -> torch.Tensor:
-    """Q-values (N, B, actions) of a population's networks on observations x (N, B, inputs);
-    plan, when given, is sparse_plan(params["index"], inputs), saved from an earlier call."""
+    """Q-values (N, B, actions) of a population's networks on observations x (N, B, inputs), float
+    or bool; plan, when given, is sparse_plan(params["index"], inputs), saved from an earlier call."""
+    if "index" in params:
+        plan = plan or sparse_plan(params["index"], x.shape[2])
+    if x.dtype == torch.bool and (plan is None or plan.gather_index is None or _triton_for(x) is None):
+        x = x.to(params["head_w"].dtype)  # only the GPU's sparse kernels read bits
     if "conv_w" in params:
         n, b, _ = x.shape
         channels = params["conv_w"].shape[2]
@@ -1221,7 +1229,6 @@ def q_values(params: dict[str, torch.Tensor], x: torch.Tensor, plan: SparsePlan 
         feats = F.relu(conv).view(b, n, -1).transpose(0, 1)  # (N, B, 1024)
         hidden = F.relu(batched_linear(feats, params["fc_w"], params["fc_b"]))
     elif "index" in params:
-        plan = plan or sparse_plan(params["index"], x.shape[2])
         native = plan.inverse is not None and x.dtype == params["hidden_w"].dtype == torch.float32
         if native and x.shape[1] >= HEAD_CPP_BATCH:
             return _SparseQCpp.apply(x, params["hidden_w"], params["hidden_b"], params["head_w"],
@@ -1276,21 +1283,22 @@ class Replay:
         self.pos = (i + 1) % self.capacity
         self.size = min(self.size + 1, self.capacity)
 
-    def unpack(self, packed: torch.Tensor) -> torch.Tensor:
+    def unpack(self, packed: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         bits = (packed.unsqueeze(-1) >> self._shifts) & 1
-        return bits.flatten(-2)[..., : self.input_size].float()
+        return bits.flatten(-2)[..., : self.input_size].to(dtype)
 
-    def sample(self, agents: torch.Tensor, idx: torch.Tensor, inputs_major: bool = False):
+    def sample(self, agents: torch.Tensor, idx: torch.Tensor, inputs_major: bool = False, binary: bool = False):
         """Transitions idx (n, B) of the given agents (n,), observations unpacked to float (n, B,
         inputs); with the C++ kernels and inputs_major, laid out (n, inputs, B) in memory, as the
-        sparse layer's kernels read them."""
-        if self._native is not None:
+        sparse layer's kernels read them; with binary, as bool, by torch ops (for the GPU's
+        sparse layer, which gathers bits)."""
+        if self._native is not None and not binary:
             return tuple(self._native.replay_sample(self.obs, self.next_obs, self.action, self.reward, self.done,
                                                     agents.contiguous(), idx.contiguous(), self.input_size,
                                                     inputs_major))
-        rows = agents.unsqueeze(1)
-        return (self.unpack(self.obs[rows, idx]), self.action[rows, idx].long(), self.reward[rows, idx],
-                self.unpack(self.next_obs[rows, idx]), self.done[rows, idx])
+        rows, dtype = agents.unsqueeze(1), torch.bool if binary else torch.float32
+        return (self.unpack(self.obs[rows, idx], dtype), self.action[rows, idx].long(), self.reward[rows, idx],
+                self.unpack(self.next_obs[rows, idx], dtype), self.done[rows, idx])
 
     def state_dict(self) -> dict:
         return {"obs": self.obs, "next_obs": self.next_obs, "action": self.action, "reward": self.reward,
@@ -1414,6 +1422,7 @@ class _Group:
         self.params = stacked
         self.plan = sparse_plan(stacked["index"], cfgs[0].input_size) if "index" in stacked else None
         self.inputs_major = self.plan is not None and self.plan.inverse is not None  # the C++ sparse layer
+        self.binary = self.plan is not None and self.plan.gather_index is not None  # the GPU's: see sample
         self.acts_in_step = self.inputs_major and not self.frozen  # see update
         self.target = {n: t.detach().clone() if t.requires_grad else t for n, t in stacked.items()}
         c = cfgs[0]
@@ -1607,8 +1616,8 @@ def train_population(agents: Sequence[tuple[Config, int]], progress: bool | Call
                 acts_next = frame + 1 < cfg0.frames and epsilon(cfg0, frame + 1) < 1.0
                 x = obs.float().unsqueeze(1) if acts_next else None
                 for g in groups:
-                    acted[g] = g.update(replay.sample(g.members, idx[g.members], g.inputs_major), cfg0.gamma,
-                                        x[g.members] if acts_next and g.acts_in_step else None)
+                    batch = replay.sample(g.members, idx[g.members], g.inputs_major, g.binary)
+                    acted[g] = g.update(batch, cfg0.gamma, x[g.members] if acts_next and g.acts_in_step else None)
                 updates += 1
                 if updates % cfg0.target_update == 0:
                     for g in groups:

@@ -5,9 +5,10 @@
 # matmul, whether a population's size changes an agent's bits (reported, not a failure), and the
 # game tests (batched games against minatar) under that machine's torch. Each step has its own
 # time limit, a failing step does not stop the next, and the script exits 1 if any failed.
-# Figures go to $OUT (or benchmarks/): gpu_throughput.json, gpu_throughput_all.json,
-# gpu_profile.txt, gpu_triton_layer.json and gpu_check.log. Nothing in the test suite depends on
-# a GPU.
+# Figures go to $OUT (or benchmarks/): gpu_throughput_bits.json and gpu_throughput_floats.json
+# (1,024 learned agents, the update's observations as bits and as floats), gpu_throughput_all.json
+# (256 and 64 agents), gpu_profile.txt, gpu_triton_layer.json and gpu_check.log. Nothing in the
+# test suite depends on a GPU.
 #   bash benchmarks/gpu_check.sh
 # A lent machine that cannot reach PyPI takes MinAtar from wheels in .whl/ (see the README).
 set -uo pipefail
@@ -30,15 +31,19 @@ step() {  # step SECONDS COMMAND...: run with a limit, log it, remember a failur
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
     python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
-    step 45 python3 -m pytest -q -x -p no:cacheprovider tests/test_triton.py
-    step 100 python3 benchmarks/throughput.py --device cuda --envs breakout --archs spatial --regimes learned \
-        --populations 1024 256 64 --agent-steps 200000 --json "$out/gpu_throughput.json"
-    step 75 python3 benchmarks/gpu_trajectories.py
-    step 40 python3 benchmarks/profile_frame.py --device cuda --agents 1024 --frames 60 --out "$out/gpu_profile.txt"
+    step 90 python3 -m pytest -q -x -p no:cacheprovider tests/test_triton.py
+    for observations in bits floats; do  # the update's batches as bits (training's) and as floats (before)
+        step 80 python3 benchmarks/throughput.py --device cuda --envs space_invaders breakout --archs spatial \
+            --regimes learned --populations 1024 --agent-steps 200000 --json "$out/gpu_throughput_$observations.json" \
+            $([ $observations = floats ] && echo --float-observations)
+    done
     step 60 python3 benchmarks/triton_layer.py --agents 1024 --repeats 10 --json "$out/gpu_triton_layer.json"
+    step 75 python3 benchmarks/gpu_trajectories.py
+    step 40 python3 benchmarks/profile_frame.py --device cuda --env space_invaders --agents 1024 --frames 60 \
+        --out "$out/gpu_profile.txt"
     timeout 60 python3 benchmarks/population_bits.py --device cuda --frames 2000 || echo "== (a report)"
-    step 120 python3 benchmarks/throughput.py --device cuda --envs space_invaders breakout --archs spatial \
-        --populations 1024 256 --agent-steps 200000 --json "$out/gpu_throughput_all.json"
+    step 100 python3 benchmarks/throughput.py --device cuda --envs space_invaders breakout --archs spatial \
+        --populations 256 64 --agent-steps 200000 --json "$out/gpu_throughput_all.json"
     step 80 python3 -m pytest -q -x -p no:cacheprovider tests/test_games.py
     echo "== failed steps: $failed"
     exit "$failed"

@@ -1,7 +1,8 @@
 """The GPU's sparse hidden layer alone, at the update's batch (32) and acting's (1), for a
 population of spatial (one table for all) or random (a table each) masks of both games: the
-Triton kernels (sparse_triton) against the masked-dense matmul they replace, and against another
-version of sparse_triton.py (--baseline FILE), each timed with CUDA events (the median of --repeats calls).
+Triton kernels (sparse_triton) on float inputs and on bool ones (bits, as the training loop gives
+them), against the masked-dense matmul they replace, and against another version of
+sparse_triton.py (--baseline FILE), each timed with CUDA events (the median of --repeats calls).
 
     python benchmarks/triton_layer.py --agents 1024 --baseline /tmp/old/sparse_triton.py
 """
@@ -41,12 +42,19 @@ def timed(fn, repeats: int) -> float:
 
 def cases(kernels, x, w, bias, index, grad):
     """name -> a callable, for one implementation of the layer."""
-    def forward(batch):
-        return lambda: kernels.sparse_relu_forward(x[:, :batch], w, bias, index)
+    def forward(batch, inputs=x):
+        return lambda: kernels.sparse_relu_forward(inputs[:, :batch], w, bias, index)
 
-    out, xt = kernels.sparse_relu_forward(x, w, bias, index)
-    return {"forward, batch 32": forward(32), "acting, batch 1": forward(1),
-            "weight and bias gradients": lambda: kernels.sparse_relu_backward(xt, index, out, grad)}
+    def backward(inputs):
+        out, xt = kernels.sparse_relu_forward(inputs, w, bias, index)
+        return lambda: kernels.sparse_relu_backward(xt, index, out, grad)
+
+    runs = {"forward, batch 32": forward(32), "acting, batch 1": forward(1),
+            "weight and bias gradients": backward(x)}
+    if hasattr(kernels, "pack_samples"):  # a version that takes bool inputs
+        bits = x.bool()
+        runs |= {"forward, batch 32, bools": forward(32, bits), "weight and bias gradients, bools": backward(bits)}
+    return runs
 
 
 def main():
@@ -79,8 +87,8 @@ def main():
                      "weight and bias gradients": lambda: sd.sparse_linear(x, wr, plan).backward(grad)}
             runs["masked-dense matmul"] = dense
             row = {}
-            for case in dense:
-                row[case] = {name: round(timed(r[case], args.repeats), 4) for name, r in runs.items()}
+            for case in runs["triton"]:
+                row[case] = {name: round(timed(r[case], args.repeats), 4) for name, r in runs.items() if case in r}
                 print(f"{env:15s} {arch:8s} {args.agents} agents, {case:26s} " +
                       ", ".join(f"{name} {ms:.3f} ms" for name, ms in row[case].items()), flush=True)
             results[f"{env}/{arch}"] = row

@@ -213,6 +213,24 @@ def test_q_values_shapes_for_every_architecture():
             assert q.shape == (2, 7, 6)
 
 
+@pytest.mark.parametrize("arch", ["dense", "spatial", "minatar_cnn", "l1"])
+def test_observations_as_bool_give_the_q_values_and_gradients_of_floats(arch):
+    """The replay hands the GPU's sparse layer its observations as bool (it gathers bits); every
+    other layer, here on the CPU, takes them as 0.0 and 1.0."""
+    torch.manual_seed(6)
+    cfg = sd.Config(env="space_invaders", arch=arch)
+    mask, _ = sd.build_mask(cfg, 0)
+    x = torch.rand(2, 32, cfg.input_size) < 0.1
+    results = []
+    for obs in (x.float(), x):
+        params = {k: v.unsqueeze(0).repeat(2, *[1] * v.dim()) for k, v in sd.init_params(cfg, 0, mask).items()}
+        learned = [t.requires_grad_(True) for t in params.values() if t.is_floating_point()]
+        q = sd.q_values(params, obs)
+        results.append((q.detach(), *torch.autograd.grad(q.square().sum(), learned)))
+    for floats, bools in zip(*results):
+        assert torch.equal(floats, bools)
+
+
 def test_centred_rmsprop_matches_torch_and_survives_constant_gradients():
     torch.manual_seed(1)
     p1 = torch.randn(50, requires_grad=True)

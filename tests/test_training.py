@@ -146,6 +146,13 @@ def test_the_replays_cpp_pack_and_sample_equal_its_torch_ops_and_numpys_packbits
         assert torch.equal(mine, theirs)
     x = native.sample(agents, idx, inputs_major=True)[0]
     assert x.shape == (2, 32, 603) and x.transpose(1, 2).is_contiguous()
+    # the GPU's sparse layer takes them as bool
+    for replay in (native, plain):
+        binary, floats = replay.sample(agents, idx, binary=True), plain.sample(agents, idx)
+        for i in (0, 3):
+            assert binary[i].dtype == torch.bool and torch.equal(binary[i], floats[i].bool())
+        for i in (1, 2, 4):
+            assert torch.equal(binary[i], floats[i])
 
 
 @pytest.mark.parametrize("arch", ["spatial", "l1"])
