@@ -269,15 +269,26 @@ def native_kernels(device: torch.device, native: bool | None):
     return kernels if native or native is None else None
 
 
+def game_kernels(device: torch.device, native: bool | None):
+    """The kernels that step and observe a game on `device`, by default (native None) the C++ ones
+    on a CPU where they are built and the Triton ones (sparse_triton) where Triton runs: one call a
+    frame where torch ops make about a hundred (Space Invaders). native True: the C++ ones or an
+    error; False: None, torch ops."""
+    if native is False:
+        return None
+    kernels = native_kernels(device, native)
+    return kernels if kernels is not None else _triton_for(torch.empty(0, device=device))
+
+
 class BatchedGame:
-    """native: step and observe in the C++ kernels (the CPU default where they are built), or
-    (False) in torch ops, as on the GPU. Both run the same rules on the same state tensors."""
+    """native: step and observe in compiled kernels (see game_kernels), or (False) in torch ops.
+    All run the same rules on the same state tensors."""
 
     def __init__(self, n: int, sticky_action_prob: float, device, native: bool | None = None):
         self.n, self.sticky, self.device = n, sticky_action_prob, torch.device(device)
         self.rows = torch.arange(n, device=self.device)
         self.last_action = torch.zeros(n, dtype=torch.long, device=self.device)
-        self._native = native_kernels(self.device, native)
+        self._kernels = game_kernels(self.device, native)
 
     def act(self, actions: torch.Tensor, sticky_draw: torch.Tensor):
         """minatar.Environment.act for every agent: a draw below the sticky probability repeats
@@ -334,8 +345,8 @@ class BatchedBreakout(BatchedGame):
         self.bricks = torch.where(which.view(-1, 1, 1), fresh, self.bricks)
 
     def step(self, actions: torch.Tensor):
-        if self._native is not None:
-            return self._native.breakout_step(self.ball_x, self.ball_y, self.ball_dir, self.pos, self.last_x,
+        if self._kernels is not None:
+            return self._kernels.breakout_step(self.ball_x, self.ball_y, self.ball_dir, self.pos, self.last_x,
                                               self.last_y, self.strike, self.bricks, actions.contiguous())
         self.pos = torch.where(actions == 1, (self.pos - 1).clamp_min(0),
                                torch.where(actions == 3, (self.pos + 1).clamp_max(9), self.pos))
@@ -370,8 +381,8 @@ class BatchedBreakout(BatchedGame):
 
     def observe(self) -> torch.Tensor:
         """(N, 400) 0/1 uint8, channel-major: paddle, ball, trail, brick."""
-        if self._native is not None:
-            return self._native.breakout_observe(self.ball_x, self.ball_y, self.pos, self.last_x, self.last_y,
+        if self._kernels is not None:
+            return self._kernels.breakout_observe(self.ball_x, self.ball_y, self.pos, self.last_x, self.last_y,
                                                  self.bricks)
         obs = torch.zeros(self.n, self.channels, GRID, GRID, dtype=torch.uint8, device=self.device)
         obs[:, 3] = self.bricks
@@ -417,8 +428,8 @@ class BatchedSpaceInvaders(BatchedGame):
         self.shot_timer = torch.where(which, 0, self.shot_timer)
 
     def step(self, actions: torch.Tensor):
-        if self._native is not None:
-            return self._native.space_invaders_step(
+        if self._kernels is not None:
+            return self._kernels.space_invaders_step(
                 self.pos, self.alien_dir, self.move_interval, self.move_timer, self.alien_shot_timer,
                 self.shot_timer, self.ramp_index, self.aliens, self.f_bullets, self.e_bullets,
                 actions.contiguous(), self.ramping)
@@ -472,8 +483,8 @@ class BatchedSpaceInvaders(BatchedGame):
     def observe(self) -> torch.Tensor:
         """(N, 600) 0/1 uint8, channel-major: cannon, alien, alien_left, alien_right,
         friendly_bullet, enemy_bullet."""
-        if self._native is not None:
-            return self._native.space_invaders_observe(self.pos, self.alien_dir, self.aliens, self.f_bullets,
+        if self._kernels is not None:
+            return self._kernels.space_invaders_observe(self.pos, self.alien_dir, self.aliens, self.f_bullets,
                                                        self.e_bullets)
         obs = torch.zeros(self.n, self.channels, GRID, GRID, dtype=torch.uint8, device=self.device)
         left = (self.alien_dir < 0).view(-1, 1, 1)

@@ -1,5 +1,7 @@
-"""Triton kernels for the sparse hidden layer on a GPU: relu(gather-multiply-sum + bias) forward,
-and its weight and bias gradients in one backward pass. A program takes one agent's block of
+"""Triton kernels for a GPU: the sparse hidden layer, the optimiser's step, and the games' frames.
+
+The sparse layer: relu(gather-multiply-sum + bias) forward, and its weight and bias gradients in
+one backward pass. A program takes one agent's block of
 units and the whole batch as a (units, samples) tile; for each of the k connections it reads each
 unit's index and weight once and gathers that input's values for every sample from the batch laid
 out inputs-major (N, inputs, batch), where they lie side by side: one 128-byte read serves a warp.
@@ -13,6 +15,11 @@ Why: the float gathers of 1,024 Breakout agents read about 5.6 GB per forward, 7
 0.8 ms that forward took on an H200 (benchmarks/gpu_profile_h200_triton.txt), from its caches,
 where the kernel's instructions take about a fifth of that to issue. benchmarks/triton_layer.py
 times both paths; benchmarks/triton_asm.py counts what each compiles to.
+
+The games: Breakout's and Space Invaders' step and observation, the rules of BatchedBreakout's
+and BatchedSpaceInvaders' torch ops and of the C++ kernels, with the C++ kernels' arguments. One
+launch each where the torch ops make about a hundred calls a frame (66 for Breakout's step, 103
+for Space Invaders', about 13 for an observation): on a GPU each call costs host time.
 
 sparse_dqn imports this module only for CUDA tensors where Triton is installed. Under
 TRITON_INTERPRET=1 the same kernels run on the CPU, which is how the tests check them.
@@ -220,3 +227,243 @@ def centred_rmsprop_step(param: torch.Tensor, grad: torch.Tensor, square_avg: to
         param, grad, square_avg, grad_avg, grad if l1 is None else l1, size, size // len(param), lr, alpha,
         1.0 - alpha, eps, L1=l1 is not None, BLOCK=block, num_warps=NUM_WARPS)
     torch.autograd.graph.increment_version(param)  # an in-place change, as torch's own ops record it
+
+
+# The games: a program takes BLOCK_N agents, each 10 x 10 grid a (agents, cells) tile, 100 cells
+# of 128; a grid rolled by a row or a column is read from memory rolled.
+_CELLS = tl.constexpr(128)
+
+
+@triton.jit
+def _grid(ptr, n, live, row, col, valid):
+    """Agents' 10 x 10 bool grids (N, 100), read at (row, col) for each cell: a (agents, cells) tile."""
+    return tl.load(ptr + n[:, None] * 100 + (row * 10 + col)[None, :], mask=live[:, None] & valid[None, :],
+                   other=0) != 0
+
+
+@triton.jit
+def _breakout_step(ball_x_ptr, ball_y_ptr, dir_ptr, pos_ptr, last_x_ptr, last_y_ptr, strike_ptr, bricks_ptr,
+                   action_ptr, reward_ptr, terminal_ptr, agents, BLOCK_N: tl.constexpr):
+    """Ball directions 0..3: up-left, up-right, down-right, down-left (sparse_dqn's _BALL_DX and
+    _BALL_DY); bounces flip them as its _FLIP_X (d ^ 1), _FLIP_Y (3 - d) and _FLIP_XY (d ^ 2)."""
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    live = n < agents
+    cell = tl.arange(0, _CELLS)
+    row, col, valid = cell // 10, cell % 10, cell < 100
+    ball_x = tl.load(ball_x_ptr + n, mask=live, other=0)
+    ball_y = tl.load(ball_y_ptr + n, mask=live, other=0)
+    d = tl.load(dir_ptr + n, mask=live, other=0)
+    pos = tl.load(pos_ptr + n, mask=live, other=0)
+    strike = tl.load(strike_ptr + n, mask=live, other=0) != 0
+    action = tl.load(action_ptr + n, mask=live, other=0)
+    bricks = _grid(bricks_ptr, n, live, row, col, valid)
+
+    pos = tl.where(action == 1, tl.maximum(pos - 1, 0), tl.where(action == 3, tl.minimum(pos + 1, 9), pos))
+    new_x = ball_x + tl.where((d == 0) | (d == 3), -1, 1)
+    new_y = ball_y + tl.where(d < 2, -1, 1)
+    side = (new_x < 0) | (new_x > 9)
+    new_x = tl.minimum(tl.maximum(new_x, 0), 9)
+    d = tl.where(side, d ^ 1, d)
+    top = new_y < 0
+    new_y = tl.maximum(new_y, 0)
+    d = tl.where(top, 3 - d, d)
+    hit = cell[None, :] == (tl.minimum(new_y, 9) * 10 + new_x)[:, None]
+    brick = ~top & (tl.max((bricks & hit).to(tl.int32), axis=1) != 0)
+    score = brick & ~strike
+    bricks &= ~(hit & score[:, None])
+    new_y = tl.where(score, ball_y, new_y)
+    d = tl.where(score, 3 - d, d)
+    bottom = ~top & ~brick & (new_y == 9)
+    refill = bottom & (tl.max(bricks.to(tl.int32), axis=1) == 0)
+    bricks |= refill[:, None] & ((row >= 1) & (row < 4))[None, :]
+    under = bottom & (ball_x == pos)
+    corner = bottom & ~under & (new_x == pos)
+    d = tl.where(under, 3 - d, tl.where(corner, d ^ 2, d))
+    new_y = tl.where(under | corner, ball_y, new_y)
+    strike = (strike | score) & brick
+
+    tl.debug_barrier()  # the compiler may lay the stores out otherwise than the loads: reads first
+    tl.store(bricks_ptr + n[:, None] * 100 + cell[None, :], bricks.to(tl.int8), mask=live[:, None] & valid[None, :])
+    tl.store(last_x_ptr + n, ball_x, mask=live)
+    tl.store(last_y_ptr + n, ball_y, mask=live)
+    tl.store(ball_x_ptr + n, new_x, mask=live)
+    tl.store(ball_y_ptr + n, new_y, mask=live)
+    tl.store(dir_ptr + n, d, mask=live)
+    tl.store(pos_ptr + n, pos, mask=live)
+    tl.store(strike_ptr + n, strike.to(tl.int8), mask=live)
+    tl.store(reward_ptr + n, score.to(tl.float32), mask=live)
+    tl.store(terminal_ptr + n, (bottom & ~under & ~corner).to(tl.float32), mask=live)
+
+
+@triton.jit
+def _breakout_observe(ball_x_ptr, ball_y_ptr, pos_ptr, last_x_ptr, last_y_ptr, bricks_ptr, obs_ptr, agents,
+                      BLOCK_N: tl.constexpr):
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    live = n < agents
+    cell = tl.arange(0, _CELLS)
+    row, col, valid = cell // 10, cell % 10, cell < 100
+    ball = tl.load(ball_y_ptr + n, mask=live, other=0) * 10 + tl.load(ball_x_ptr + n, mask=live, other=0)
+    trail = tl.load(last_y_ptr + n, mask=live, other=0) * 10 + tl.load(last_x_ptr + n, mask=live, other=0)
+    paddle = 90 + tl.load(pos_ptr + n, mask=live, other=0)
+    at = obs_ptr + n[:, None] * 400 + cell[None, :]
+    in_grid = live[:, None] & valid[None, :]
+    tl.store(at, (cell[None, :] == paddle[:, None]).to(tl.int8), mask=in_grid)
+    tl.store(at + 100, (cell[None, :] == ball[:, None]).to(tl.int8), mask=in_grid)
+    tl.store(at + 200, (cell[None, :] == trail[:, None]).to(tl.int8), mask=in_grid)
+    tl.store(at + 300, _grid(bricks_ptr, n, live, row, col, valid).to(tl.int8), mask=in_grid)
+
+
+@triton.jit
+def _space_invaders_step(pos_ptr, dir_ptr, interval_ptr, move_timer_ptr, alien_shot_ptr, shot_timer_ptr,
+                         ramp_ptr, aliens_ptr, friendly_ptr, enemy_ptr, action_ptr, reward_ptr, terminal_ptr,
+                         agents, RAMPING: tl.constexpr, BLOCK_N: tl.constexpr):
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    live = n < agents
+    cell = tl.arange(0, _CELLS)
+    row, col, valid = cell // 10, cell % 10, cell < 100
+    pos = tl.load(pos_ptr + n, mask=live, other=0)
+    dir = tl.load(dir_ptr + n, mask=live, other=0)
+    interval = tl.load(interval_ptr + n, mask=live, other=0)
+    move_timer = tl.load(move_timer_ptr + n, mask=live, other=0)
+    shot_timer = tl.load(shot_timer_ptr + n, mask=live, other=0)
+    alien_shot = tl.load(alien_shot_ptr + n, mask=live, other=0)
+    ramp_index = tl.load(ramp_ptr + n, mask=live, other=0)
+    action = tl.load(action_ptr + n, mask=live, other=0)
+
+    fire = (action == 5) & (shot_timer == 0)
+    shot_timer = tl.where(fire, 5, shot_timer)
+    # friendly bullets rise a row (a shot enters at the cannon's column before it moves); enemy
+    # bullets fall one
+    friendly = _grid(friendly_ptr, n, live, row + 1, col, valid & (row < 9))
+    friendly |= fire[:, None] & (cell == 80 + pos[:, None])
+    enemy = _grid(enemy_ptr, n, live, row - 1, col, valid & (row > 0))
+    pos = tl.where(~fire & (action == 1), tl.maximum(pos - 1, 0),
+                   tl.where(~fire & (action == 3), tl.minimum(pos + 1, 9), pos))
+    cannon = cell == 90 + pos[:, None]
+    aliens = _grid(aliens_ptr, n, live, row, col, valid)
+    terminal = tl.max((cannon & (enemy | aliens)).to(tl.int32), axis=1) != 0
+
+    move = move_timer == 0
+    count = tl.sum(aliens.to(tl.int64), axis=1)
+    move_timer = tl.where(move, tl.minimum(count, interval), move_timer)
+    left_edge = tl.max((aliens & (col == 0)[None, :]).to(tl.int32), axis=1) != 0
+    right_edge = tl.max((aliens & (col == 9)[None, :]).to(tl.int32), axis=1) != 0
+    bottom_row = tl.max((aliens & (row == 9)[None, :]).to(tl.int32), axis=1) != 0
+    turn = move & ((left_edge & (dir < 0)) | (right_edge & (dir > 0)))
+    terminal |= turn & bottom_row
+    dir = tl.where(turn, -dir, dir)
+    down = _grid(aliens_ptr, n, live, (row + 9) % 10, col, valid)  # torch.roll's wrap, as minatar's
+    right = _grid(aliens_ptr, n, live, row, (col + 9) % 10, valid)
+    left = _grid(aliens_ptr, n, live, row, (col + 1) % 10, valid)
+    sideways = tl.where((dir > 0)[:, None], right, left)
+    aliens = tl.where(turn[:, None], down, tl.where(move[:, None], sideways, aliens))
+    terminal |= move & (tl.max((cannon & aliens).to(tl.int32), axis=1) != 0)
+
+    shoot = alien_shot == 0
+    alien_shot = tl.where(shoot, 10, alien_shot)
+    # the nearest column holding an alien (ties to the left; none: column 0), and its lowest alien
+    # (none: row 9, as torch's index -1 reads)
+    rank = tl.min(tl.where(aliens, tl.abs(col[None, :] - pos[:, None]) * 10 + col[None, :], 1000), axis=1)
+    target = tl.where(rank < 1000, rank % 10, 0)
+    lowest = tl.max(tl.where(aliens & (col[None, :] == target[:, None]), row[None, :], -1), axis=1)
+    lowest = (lowest + 10) % 10
+    enemy |= shoot[:, None] & (cell[None, :] == (lowest * 10 + target)[:, None])
+
+    kills = aliens & friendly
+    reward = tl.sum(kills.to(tl.float32), axis=1)
+    aliens &= ~kills
+    friendly &= ~kills
+    shot_timer = tl.where(shot_timer > 0, shot_timer - 1, shot_timer)
+    move_timer -= 1
+    alien_shot -= 1
+    cleared = tl.max(aliens.to(tl.int32), axis=1) == 0
+    ramp = cleared & (interval > 6) & (RAMPING != 0)
+    interval -= ramp.to(interval.dtype)
+    ramp_index += ramp.to(ramp_index.dtype)
+    fresh = (row < 4) & (col >= 2) & (col < 8)
+    aliens = tl.where(cleared[:, None], fresh[None, :], aliens)
+
+    # Another thread may have read a cell rolled into its own: every read must be done before a
+    # write (bar.sync orders the memory accesses of a program's threads).
+    tl.debug_barrier()
+    grid_at = n[:, None] * 100 + cell[None, :]
+    in_grid = live[:, None] & valid[None, :]
+    tl.store(aliens_ptr + grid_at, aliens.to(tl.int8), mask=in_grid)
+    tl.store(friendly_ptr + grid_at, friendly.to(tl.int8), mask=in_grid)
+    tl.store(enemy_ptr + grid_at, enemy.to(tl.int8), mask=in_grid)
+    tl.store(pos_ptr + n, pos, mask=live)
+    tl.store(dir_ptr + n, dir, mask=live)
+    tl.store(interval_ptr + n, interval, mask=live)
+    tl.store(move_timer_ptr + n, move_timer, mask=live)
+    tl.store(shot_timer_ptr + n, shot_timer, mask=live)
+    tl.store(alien_shot_ptr + n, alien_shot, mask=live)
+    tl.store(ramp_ptr + n, ramp_index, mask=live)
+    tl.store(reward_ptr + n, reward, mask=live)
+    tl.store(terminal_ptr + n, terminal.to(tl.float32), mask=live)
+
+
+@triton.jit
+def _space_invaders_observe(pos_ptr, dir_ptr, aliens_ptr, friendly_ptr, enemy_ptr, obs_ptr, agents,
+                            BLOCK_N: tl.constexpr):
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    live = n < agents
+    cell = tl.arange(0, _CELLS)
+    row, col, valid = cell // 10, cell % 10, cell < 100
+    pos = tl.load(pos_ptr + n, mask=live, other=0)
+    left = (tl.load(dir_ptr + n, mask=live, other=0) < 0)[:, None]
+    aliens = _grid(aliens_ptr, n, live, row, col, valid)
+    at = obs_ptr + n[:, None] * 600 + cell[None, :]
+    in_grid = live[:, None] & valid[None, :]
+    tl.store(at, (cell[None, :] == 90 + pos[:, None]).to(tl.int8), mask=in_grid)
+    tl.store(at + 100, aliens.to(tl.int8), mask=in_grid)
+    tl.store(at + 200, (aliens & left).to(tl.int8), mask=in_grid)
+    tl.store(at + 300, (aliens & ~left).to(tl.int8), mask=in_grid)
+    tl.store(at + 400, _grid(friendly_ptr, n, live, row, col, valid).to(tl.int8), mask=in_grid)
+    tl.store(at + 500, _grid(enemy_ptr, n, live, row, col, valid).to(tl.int8), mask=in_grid)
+
+GAME_BLOCK = 8  # agents per program of a game's kernels: 8 x 128 cells, 8 a thread
+
+
+def breakout_step(ball_x, ball_y, ball_dir, pos, last_x, last_y, strike, bricks, actions):
+    """One frame of every agent, in place, as the C++ kernels' breakout_step (same arguments);
+    returns (rewards, terminals) as float32 (N,)."""
+    n = len(pos)
+    reward = torch.empty(n, device=pos.device)
+    terminal = torch.empty(n, device=pos.device)
+    _breakout_step[(triton.cdiv(n, GAME_BLOCK),)](
+        ball_x, ball_y, ball_dir, pos, last_x, last_y, strike.view(torch.uint8), bricks.view(torch.uint8), actions,
+        reward, terminal, n, BLOCK_N=GAME_BLOCK, num_warps=NUM_WARPS)
+    return reward, terminal
+
+
+def breakout_observe(ball_x, ball_y, pos, last_x, last_y, bricks) -> torch.Tensor:
+    """(N, 400) 0/1 uint8, channel-major, as the C++ kernels' breakout_observe."""
+    n = len(pos)
+    obs = torch.empty(n, 400, dtype=torch.uint8, device=pos.device)
+    _breakout_observe[(triton.cdiv(n, GAME_BLOCK),)](ball_x, ball_y, pos, last_x, last_y, bricks.view(torch.uint8),
+                                                    obs, n, BLOCK_N=GAME_BLOCK, num_warps=NUM_WARPS)
+    return obs
+
+
+def space_invaders_step(pos, alien_dir, move_interval, move_timer, alien_shot_timer, shot_timer, ramp_index,
+                        aliens, f_bullets, e_bullets, actions, ramping: bool):
+    """One frame of every agent, in place, as the C++ kernels' space_invaders_step (same arguments);
+    returns (rewards, terminals) as float32 (N,)."""
+    n = len(pos)
+    reward = torch.empty(n, device=pos.device)
+    terminal = torch.empty(n, device=pos.device)
+    _space_invaders_step[(triton.cdiv(n, GAME_BLOCK),)](
+        pos, alien_dir, move_interval, move_timer, alien_shot_timer, shot_timer, ramp_index,
+        aliens.view(torch.uint8), f_bullets.view(torch.uint8), e_bullets.view(torch.uint8), actions, reward,
+        terminal, n, RAMPING=ramping, BLOCK_N=GAME_BLOCK, num_warps=NUM_WARPS)
+    return reward, terminal
+
+
+def space_invaders_observe(pos, alien_dir, aliens, f_bullets, e_bullets) -> torch.Tensor:
+    """(N, 600) 0/1 uint8, channel-major, as the C++ kernels' space_invaders_observe."""
+    n = len(pos)
+    obs = torch.empty(n, 600, dtype=torch.uint8, device=pos.device)
+    _space_invaders_observe[(triton.cdiv(n, GAME_BLOCK),)](
+        pos, alien_dir, aliens.view(torch.uint8), f_bullets.view(torch.uint8), e_bullets.view(torch.uint8), obs,
+        n, BLOCK_N=GAME_BLOCK, num_warps=NUM_WARPS)
+    return obs

@@ -87,8 +87,8 @@ def sass_counts(compiled) -> dict:
 
 
 def cases(agents: int) -> dict:
-    """name -> the launches of one use of the kernels, at the update's batch (32) and acting's (1),
-    for spatial masks (one table for every agent) of both games."""
+    """name -> the launches of one use of the kernels: the layer at the update's batch (32) and
+    acting's (1), for spatial masks (one table for every agent), the optimiser and the games."""
     made = {}
     for env in ("breakout", "space_invaders"):
         cfg = sd.Config(env=env, arch="spatial")
@@ -108,6 +108,20 @@ def cases(agents: int) -> dict:
         xt = torch.zeros(agents, d, 32)
         made[f"{env} gradients, floats"] = launches(sparse_triton.sparse_relu_backward, xt, index, out, grad)
         made[f"{env} optimiser step"] = launches(sparse_triton.centred_rmsprop_step, w, w, w, w, 2.5e-4, 0.95, 0.01)
+        game = sd.GAMES[env](agents, native=False)
+        if env == "breakout":
+            made["breakout game step"] = launches(
+                sparse_triton.breakout_step, game.ball_x, game.ball_y, game.ball_dir, game.pos, game.last_x,
+                game.last_y, game.strike, game.bricks, game.last_action)
+            made["breakout observation"] = launches(sparse_triton.breakout_observe, game.ball_x, game.ball_y,
+                                                    game.pos, game.last_x, game.last_y, game.bricks)
+        else:
+            made["space_invaders game step"] = launches(
+                sparse_triton.space_invaders_step, game.pos, game.alien_dir, game.move_interval, game.move_timer,
+                game.alien_shot_timer, game.shot_timer, game.ramp_index, game.aliens, game.f_bullets,
+                game.e_bullets, game.last_action, True)
+            made["space_invaders observation"] = launches(sparse_triton.space_invaders_observe, game.pos,
+                                                          game.alien_dir, game.aliens, game.f_bullets, game.e_bullets)
     return made
 
 

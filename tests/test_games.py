@@ -1,6 +1,7 @@
 """The batched games against minatar itself, frame by frame, with the same draws: a twin numpy
-RandomState per agent makes the calls minatar's own makes, in the same order. Each test runs both
-implementations of the rules: torch ops (the GPU's) and the C++ kernels (the CPU's default)."""
+RandomState per agent makes the calls minatar's own makes, in the same order. Each test runs two
+implementations of the rules: torch ops and the C++ kernels (the CPU's default); tests/test_triton.py
+runs these tests on the third, the Triton kernels (the GPU's default)."""
 import copy
 
 import numpy as np
@@ -14,20 +15,20 @@ import sparse_dqn as sd
 class Twins:
     """N minatar environments and the batched game, driven by the same actions and draws."""
 
-    def __init__(self, env: str, seeds, native: bool, sticky=0.1, ramping=True):
-        self.env = env
+    def __init__(self, env: str, seeds, native: bool | None, sticky=0.1, ramping=True, device="cpu"):
+        self.env, self.device = env, device
         self.ref = []
         for s in seeds:
             e = Environment(env, sticky_action_prob=sticky, difficulty_ramping=ramping)
             e.seed(s)
             self.ref.append(e)
         self.twin = [np.random.RandomState(s) for s in seeds]
-        self.game = sd.GAMES[env](len(seeds), sticky, ramping, native=native)
+        self.game = sd.GAMES[env](len(seeds), sticky, ramping, device=device, native=native)
         self.episodes = 0
-        everyone = torch.ones(len(seeds), dtype=torch.bool)
+        everyone = torch.ones(len(seeds), dtype=torch.bool, device=device)
         for e in self.ref:
             e.reset()
-        self.game.reset(everyone, torch.tensor([self._reset_draw(t) for t in self.twin]))
+        self.game.reset(everyone, torch.tensor([self._reset_draw(t) for t in self.twin], device=device))
 
     def _reset_draw(self, twin) -> float:
         if self.env != "breakout":
@@ -35,12 +36,12 @@ class Twins:
         return 0.75 if twin.randint(2) else 0.25
 
     def observations(self):
-        return np.stack([sd.observe(e) for e in self.ref]), self.game.observe().numpy().astype(bool)
+        return np.stack([sd.observe(e) for e in self.ref]), self.game.observe().cpu().numpy().astype(bool)
 
     def step(self, actions):
         rewards, terminals = zip(*(e.act(int(a)) for e, a in zip(self.ref, actions)))
-        sticky = torch.tensor([t.rand() for t in self.twin], dtype=torch.float64)
-        r, d = self.game.act(torch.as_tensor(actions, dtype=torch.long), sticky)
+        sticky = torch.tensor([t.rand() for t in self.twin], dtype=torch.float64, device=self.device)
+        r, d = self.game.act(torch.as_tensor(actions, dtype=torch.long, device=self.device), sticky)
         assert r.tolist() == [float(x) for x in rewards]
         assert d.bool().tolist() == list(terminals)
         ref_obs, obs = self.observations()
@@ -50,7 +51,7 @@ class Twins:
         for i in np.flatnonzero(terminals):
             self.ref[i].reset()
             draws[i] = self._reset_draw(self.twin[i])
-        self.game.reset(done, draws)
+        self.game.reset(done.to(self.device), draws.to(self.device))
         self.episodes += int(done.sum())
         ref_obs, obs = self.observations()
         np.testing.assert_array_equal(obs, ref_obs)
@@ -64,14 +65,19 @@ def native(request):
     return request.param
 
 
+def random_play(env: str, native: bool | None, device="cpu", agents=32, episodes=200):
+    twins = Twins(env, seeds=range(100, 100 + agents), native=native, device=device)
+    actions = np.random.default_rng(7)
+    twins.step(np.full(agents, 5))  # every agent's last action is now 5: sticky draws repeat it
+    while twins.episodes < episodes:
+        twins.step(actions.integers(0, 6, agents))
+    assert twins.episodes >= episodes
+    return twins
+
+
 @pytest.mark.parametrize("env", ["breakout", "space_invaders"])
 def test_random_play_matches_minatar_frame_by_frame(env, native):
-    twins = Twins(env, seeds=range(100, 132), native=native)
-    actions = np.random.default_rng(7)
-    twins.step(np.full(32, 5))  # every agent's last action is now 5: sticky draws repeat it
-    while twins.episodes < 200:
-        twins.step(actions.integers(0, 6, 32))
-    assert twins.episodes >= 200
+    random_play(env, native)
 
 
 def breakout_policy(env, rng):
@@ -88,8 +94,8 @@ def breakout_policy(env, rng):
     return 3 if g.pos < target else 1 if g.pos > target else 0
 
 
-def test_scripted_breakout_clears_every_brick_and_the_wall_refills(native):
-    twins = Twins("breakout", seeds=range(4), native=native, sticky=0.0)
+def test_scripted_breakout_clears_every_brick_and_the_wall_refills(native, device="cpu"):
+    twins = Twins("breakout", seeds=range(4), native=native, sticky=0.0, device=device)
     rng = np.random.default_rng(0)
     refilled = np.zeros(4, bool)
     for _ in range(2_000):
@@ -135,8 +141,8 @@ def invaders_policy(env):
     return 3 if g.pos < target else 1 if g.pos > target else 0
 
 
-def test_scripted_space_invaders_clears_three_waves_with_ramping(native):
-    twins = Twins("space_invaders", seeds=range(4), native=native, sticky=0.0)
+def test_scripted_space_invaders_clears_three_waves_with_ramping(native, device="cpu"):
+    twins = Twins("space_invaders", seeds=range(4), native=native, sticky=0.0, device=device)
     for _ in range(3_000):
         twins.step([invaders_policy(e) for e in twins.ref])
         assert twins.game.ramp_index.tolist() == [e.env.ramp_index for e in twins.ref]

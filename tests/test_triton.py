@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import sparse_dqn as sd
+import test_games
 from test_network import dense_masked, random_masks
 
 GPU = torch.cuda.is_available()
@@ -142,8 +143,8 @@ def test_training_hands_the_gpus_layer_bools_and_gets_the_runs_of_floats(device,
 
 def test_every_kernel_training_launches_compiles_for_an_h100_without_one(tmp_path):
     """The interpreter runs code that Triton's compiler rejects (a jit function whose branches
-    return different types ran there and failed to compile): each launch of the layer, acting and
-    the optimiser, for both games, compiled ahead of time for sm_90 as a real launch would be, by
+    return different types ran there and failed to compile): each launch of the layer, acting, the
+    optimiser and the games, compiled ahead of time for sm_90 as a real launch would be, by
     benchmarks/triton_asm.py in a process of its own (Triton compiles nothing in one that imported
     it for the interpreter, as this one did)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -152,10 +153,35 @@ def test_every_kernel_training_launches_compiles_for_an_h100_without_one(tmp_pat
                    check=True, capture_output=True)
     results = json.loads((tmp_path / "asm.json").read_text())["results"]
     assert {kernel for kernels in results.values() for kernel in kernels} == {
-        "_pack", "_forward", "_forward_one", "_backward", "_centred_rmsprop"}
+        "_pack", "_forward", "_forward_one", "_backward", "_centred_rmsprop", "_breakout_step",
+        "_breakout_observe", "_space_invaders_step", "_space_invaders_observe"}
     for kernels in results.values():
         for counts in kernels.values():
             assert counts["instructions"] > 0 and counts["LDG"] > 0 and counts["STG"] > 0
+
+
+@pytest.fixture
+def triton_games(device, monkeypatch):
+    """The device on which new games step and observe in the Triton kernels."""
+    monkeypatch.setattr(sd, "_kernels", lambda: None)  # the C++ kernels would take CPU games first
+    assert sd.game_kernels(torch.device(device), None) is sd._triton()
+    return device
+
+
+@pytest.mark.parametrize("env", ["breakout", "space_invaders"])
+def test_the_triton_games_match_minatar_frame_by_frame(triton_games, env):
+    """test_games' random play, fewer episodes under the interpreter; with ended episodes reset
+    among running ones, and the same stream of draws for both."""
+    twins = test_games.random_play(env, None, triton_games, agents=16, episodes=200 if GPU else 100)
+    assert twins.game._kernels is sd._triton()
+
+
+def test_the_triton_breakout_clears_every_brick_and_the_wall_refills(triton_games):
+    test_games.test_scripted_breakout_clears_every_brick_and_the_wall_refills(None, triton_games)
+
+
+def test_the_triton_space_invaders_clears_three_waves_with_ramping(triton_games):
+    test_games.test_scripted_space_invaders_clears_three_waves_with_ramping(None, triton_games)
 
 
 def test_observations_that_take_a_gradient_go_to_the_torch_layer(device):
