@@ -235,6 +235,21 @@ _CELLS = tl.constexpr(128)
 
 
 @triton.jit
+def _agents_and_cells(agents, BLOCK_N: tl.constexpr):
+    """This program's agents n (live: n < agents) and a grid's cells, with their row and column
+    (valid: the 100 of 128 that are cells)."""
+    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    cell = tl.arange(0, _CELLS)
+    return n, n < agents, cell, cell // 10, cell % 10, cell < 100
+
+
+@triton.jit
+def _each(ptr, n, live):
+    """Every agent's value of a per-agent state (N,)."""
+    return tl.load(ptr + n, mask=live, other=0)
+
+
+@triton.jit
 def _grid(ptr, n, live, row, col, valid):
     """Agents' 10 x 10 bool grids (N, 100), read at (row, col) for each cell: a (agents, cells) tile."""
     return tl.load(ptr + n[:, None] * 100 + (row * 10 + col)[None, :], mask=live[:, None] & valid[None, :],
@@ -246,16 +261,13 @@ def _breakout_step(ball_x_ptr, ball_y_ptr, dir_ptr, pos_ptr, last_x_ptr, last_y_
                    action_ptr, reward_ptr, terminal_ptr, agents, BLOCK_N: tl.constexpr):
     """Ball directions 0..3: up-left, up-right, down-right, down-left (sparse_dqn's _BALL_DX and
     _BALL_DY); bounces flip them as its _FLIP_X (d ^ 1), _FLIP_Y (3 - d) and _FLIP_XY (d ^ 2)."""
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    live = n < agents
-    cell = tl.arange(0, _CELLS)
-    row, col, valid = cell // 10, cell % 10, cell < 100
-    ball_x = tl.load(ball_x_ptr + n, mask=live, other=0)
-    ball_y = tl.load(ball_y_ptr + n, mask=live, other=0)
-    d = tl.load(dir_ptr + n, mask=live, other=0)
-    pos = tl.load(pos_ptr + n, mask=live, other=0)
-    strike = tl.load(strike_ptr + n, mask=live, other=0) != 0
-    action = tl.load(action_ptr + n, mask=live, other=0)
+    n, live, cell, row, col, valid = _agents_and_cells(agents, BLOCK_N)
+    ball_x = _each(ball_x_ptr, n, live)
+    ball_y = _each(ball_y_ptr, n, live)
+    d = _each(dir_ptr, n, live)
+    pos = _each(pos_ptr, n, live)
+    strike = _each(strike_ptr, n, live) != 0
+    action = _each(action_ptr, n, live)
     bricks = _grid(bricks_ptr, n, live, row, col, valid)
 
     pos = tl.where(action == 1, tl.maximum(pos - 1, 0), tl.where(action == 3, tl.minimum(pos + 1, 9), pos))
@@ -298,13 +310,10 @@ def _breakout_step(ball_x_ptr, ball_y_ptr, dir_ptr, pos_ptr, last_x_ptr, last_y_
 @triton.jit
 def _breakout_observe(ball_x_ptr, ball_y_ptr, pos_ptr, last_x_ptr, last_y_ptr, bricks_ptr, obs_ptr, agents,
                       BLOCK_N: tl.constexpr):
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    live = n < agents
-    cell = tl.arange(0, _CELLS)
-    row, col, valid = cell // 10, cell % 10, cell < 100
-    ball = tl.load(ball_y_ptr + n, mask=live, other=0) * 10 + tl.load(ball_x_ptr + n, mask=live, other=0)
-    trail = tl.load(last_y_ptr + n, mask=live, other=0) * 10 + tl.load(last_x_ptr + n, mask=live, other=0)
-    paddle = 90 + tl.load(pos_ptr + n, mask=live, other=0)
+    n, live, cell, row, col, valid = _agents_and_cells(agents, BLOCK_N)
+    ball = _each(ball_y_ptr, n, live) * 10 + _each(ball_x_ptr, n, live)
+    trail = _each(last_y_ptr, n, live) * 10 + _each(last_x_ptr, n, live)
+    paddle = 90 + _each(pos_ptr, n, live)
     at = obs_ptr + n[:, None] * 400 + cell[None, :]
     in_grid = live[:, None] & valid[None, :]
     tl.store(at, (cell[None, :] == paddle[:, None]).to(tl.int8), mask=in_grid)
@@ -317,18 +326,15 @@ def _breakout_observe(ball_x_ptr, ball_y_ptr, pos_ptr, last_x_ptr, last_y_ptr, b
 def _space_invaders_step(pos_ptr, dir_ptr, interval_ptr, move_timer_ptr, alien_shot_ptr, shot_timer_ptr,
                          ramp_ptr, aliens_ptr, friendly_ptr, enemy_ptr, action_ptr, reward_ptr, terminal_ptr,
                          agents, RAMPING: tl.constexpr, BLOCK_N: tl.constexpr):
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    live = n < agents
-    cell = tl.arange(0, _CELLS)
-    row, col, valid = cell // 10, cell % 10, cell < 100
-    pos = tl.load(pos_ptr + n, mask=live, other=0)
-    dir = tl.load(dir_ptr + n, mask=live, other=0)
-    interval = tl.load(interval_ptr + n, mask=live, other=0)
-    move_timer = tl.load(move_timer_ptr + n, mask=live, other=0)
-    shot_timer = tl.load(shot_timer_ptr + n, mask=live, other=0)
-    alien_shot = tl.load(alien_shot_ptr + n, mask=live, other=0)
-    ramp_index = tl.load(ramp_ptr + n, mask=live, other=0)
-    action = tl.load(action_ptr + n, mask=live, other=0)
+    n, live, cell, row, col, valid = _agents_and_cells(agents, BLOCK_N)
+    pos = _each(pos_ptr, n, live)
+    dir = _each(dir_ptr, n, live)
+    interval = _each(interval_ptr, n, live)
+    move_timer = _each(move_timer_ptr, n, live)
+    shot_timer = _each(shot_timer_ptr, n, live)
+    alien_shot = _each(alien_shot_ptr, n, live)
+    ramp_index = _each(ramp_ptr, n, live)
+    action = _each(action_ptr, n, live)
 
     fire = (action == 5) & (shot_timer == 0)
     shot_timer = tl.where(fire, 5, shot_timer)
@@ -405,12 +411,9 @@ def _space_invaders_step(pos_ptr, dir_ptr, interval_ptr, move_timer_ptr, alien_s
 @triton.jit
 def _space_invaders_observe(pos_ptr, dir_ptr, aliens_ptr, friendly_ptr, enemy_ptr, obs_ptr, agents,
                             BLOCK_N: tl.constexpr):
-    n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    live = n < agents
-    cell = tl.arange(0, _CELLS)
-    row, col, valid = cell // 10, cell % 10, cell < 100
-    pos = tl.load(pos_ptr + n, mask=live, other=0)
-    left = (tl.load(dir_ptr + n, mask=live, other=0) < 0)[:, None]
+    n, live, cell, row, col, valid = _agents_and_cells(agents, BLOCK_N)
+    pos = _each(pos_ptr, n, live)
+    left = (_each(dir_ptr, n, live) < 0)[:, None]
     aliens = _grid(aliens_ptr, n, live, row, col, valid)
     at = obs_ptr + n[:, None] * 600 + cell[None, :]
     in_grid = live[:, None] & valid[None, :]
