@@ -271,9 +271,9 @@ def native_kernels(device: torch.device, native: bool | None):
 
 def game_kernels(device: torch.device, native: bool | None):
     """The kernels that step and observe a game on `device`, by default (native None) the C++ ones
-    on a CPU where they are built and the Triton ones (sparse_triton) where Triton runs: one call a
-    frame where torch ops make about a hundred (Space Invaders). native True: the C++ ones or an
-    error; False: None, torch ops."""
+    on a CPU where they are built and the Triton ones (sparse_triton, which also reset it) where
+    Triton runs: one call where torch ops make about a hundred (Space Invaders' step). native True:
+    the C++ ones or an error; False: None, torch ops."""
     if native is False:
         return None
     kernels = native_kernels(device, native)
@@ -332,6 +332,9 @@ class BatchedBreakout(BatchedGame):
     def reset(self, which: torch.Tensor, draw: torch.Tensor):
         """Reset the agents where `which`; a draw below 0.5 starts the ball at the left, as
         minatar's randint(2) == 0 does."""
+        if hasattr(self._kernels, "breakout_reset"):  # the GPU's, which resets every frame
+            return self._kernels.breakout_reset(self.ball_x, self.ball_y, self.ball_dir, self.pos, self.last_x,
+                                                self.last_y, self.strike, self.bricks, which, draw)
         right = draw >= 0.5
         self.ball_x = torch.where(which, torch.where(right, 9, 0), self.ball_x)
         self.ball_dir = torch.where(which, torch.where(right, 3, 2), self.ball_dir)
@@ -415,6 +418,10 @@ class BatchedSpaceInvaders(BatchedGame):
 
     def reset(self, which: torch.Tensor, draw: torch.Tensor | None = None):
         """Reset the agents where `which` (Space Invaders draws nothing at reset)."""
+        if hasattr(self._kernels, "space_invaders_reset"):  # the GPU's, which resets every frame
+            return self._kernels.space_invaders_reset(
+                self.pos, self.alien_dir, self.move_interval, self.move_timer, self.alien_shot_timer,
+                self.shot_timer, self.ramp_index, self.aliens, self.f_bullets, self.e_bullets, which)
         w3 = which.view(-1, 1, 1)
         self.pos = torch.where(which, 5, self.pos)
         self.f_bullets = self.f_bullets & ~w3

@@ -16,10 +16,11 @@ Why: the float gathers of 1,024 Breakout agents read about 5.6 GB per forward, 7
 where the kernel's instructions take about a fifth of that to issue. benchmarks/triton_layer.py
 times both paths; benchmarks/triton_asm.py counts what each compiles to.
 
-The games: Breakout's and Space Invaders' step and observation, the rules of BatchedBreakout's
-and BatchedSpaceInvaders' torch ops and of the C++ kernels, with the C++ kernels' arguments. One
-launch each where the torch ops make about a hundred calls a frame (66 for Breakout's step, 103
-for Space Invaders', about 13 for an observation): on a GPU each call costs host time.
+The games: Breakout's and Space Invaders' step, observation and reset, the rules of
+BatchedBreakout's and BatchedSpaceInvaders' torch ops and of the C++ kernels, with the C++
+kernels' arguments. One launch each where the torch ops make many calls (66 for Breakout's step,
+103 for Space Invaders', about 12 for an observation and 21 for a reset): on a GPU each call costs
+host time, and the training loop resets and observes twice every frame.
 
 sparse_dqn imports this module only for CUDA tensors where Triton is installed. Under
 TRITON_INTERPRET=1 the same kernels run on the CPU, which is how the tests check them.
@@ -250,6 +251,12 @@ def _each(ptr, n, live):
 
 
 @triton.jit
+def _set(ptr, n, which, value, BLOCK_N: tl.constexpr):
+    """A per-agent int64 state (N,) set to value where `which`."""
+    tl.store(ptr + n, tl.full((BLOCK_N,), value, tl.int64), mask=which)
+
+
+@triton.jit
 def _grid(ptr, n, live, row, col, valid):
     """Agents' 10 x 10 bool grids (N, 100), read at (row, col) for each cell: a (agents, cells) tile."""
     return tl.load(ptr + n[:, None] * 100 + (row * 10 + col)[None, :], mask=live[:, None] & valid[None, :],
@@ -320,6 +327,25 @@ def _breakout_observe(ball_x_ptr, ball_y_ptr, pos_ptr, last_x_ptr, last_y_ptr, b
     tl.store(at + 100, (cell[None, :] == ball[:, None]).to(tl.int8), mask=in_grid)
     tl.store(at + 200, (cell[None, :] == trail[:, None]).to(tl.int8), mask=in_grid)
     tl.store(at + 300, _grid(bricks_ptr, n, live, row, col, valid).to(tl.int8), mask=in_grid)
+
+
+@triton.jit
+def _breakout_reset(ball_x_ptr, ball_y_ptr, dir_ptr, pos_ptr, last_x_ptr, last_y_ptr, strike_ptr, bricks_ptr,
+                    which_ptr, draw_ptr, agents, BLOCK_N: tl.constexpr):
+    """The agents where `which` start anew: the ball at the right (a draw of 0.5 or more) or the left."""
+    n, live, cell, row, col, valid = _agents_and_cells(agents, BLOCK_N)
+    which = live & (_each(which_ptr, n, live) != 0)
+    right = _each(draw_ptr, n, live) >= 0.5
+    ball_x = tl.where(right, 9, 0).to(tl.int64)
+    tl.store(ball_x_ptr + n, ball_x, mask=which)
+    tl.store(last_x_ptr + n, ball_x, mask=which)
+    _set(ball_y_ptr, n, which, 3, BLOCK_N)
+    _set(last_y_ptr, n, which, 3, BLOCK_N)
+    tl.store(dir_ptr + n, tl.where(right, 3, 2).to(tl.int64), mask=which)
+    _set(pos_ptr, n, which, 4, BLOCK_N)
+    tl.store(strike_ptr + n, tl.zeros((BLOCK_N,), tl.int8), mask=which)
+    wall = ((row >= 1) & (row < 4)).to(tl.int8)[None, :]
+    tl.store(bricks_ptr + n[:, None] * 100 + cell[None, :], wall, mask=which[:, None] & valid[None, :])
 
 
 @triton.jit
@@ -424,6 +450,26 @@ def _space_invaders_observe(pos_ptr, dir_ptr, aliens_ptr, friendly_ptr, enemy_pt
     tl.store(at + 400, _grid(friendly_ptr, n, live, row, col, valid).to(tl.int8), mask=in_grid)
     tl.store(at + 500, _grid(enemy_ptr, n, live, row, col, valid).to(tl.int8), mask=in_grid)
 
+
+@triton.jit
+def _space_invaders_reset(pos_ptr, dir_ptr, interval_ptr, move_timer_ptr, alien_shot_ptr, shot_timer_ptr,
+                          ramp_ptr, aliens_ptr, friendly_ptr, enemy_ptr, which_ptr, agents, BLOCK_N: tl.constexpr):
+    """The agents where `which` start anew (sparse_dqn's ENEMY_MOVE_INTERVAL 12, ENEMY_SHOT_INTERVAL 10)."""
+    n, live, cell, row, col, valid = _agents_and_cells(agents, BLOCK_N)
+    which = live & (_each(which_ptr, n, live) != 0)
+    _set(pos_ptr, n, which, 5, BLOCK_N)
+    _set(dir_ptr, n, which, -1, BLOCK_N)
+    _set(interval_ptr, n, which, 12, BLOCK_N)
+    _set(move_timer_ptr, n, which, 12, BLOCK_N)
+    _set(alien_shot_ptr, n, which, 10, BLOCK_N)
+    _set(shot_timer_ptr, n, which, 0, BLOCK_N)
+    _set(ramp_ptr, n, which, 0, BLOCK_N)
+    grid_at = n[:, None] * 100 + cell[None, :]
+    in_grid = which[:, None] & valid[None, :]
+    tl.store(aliens_ptr + grid_at, ((row < 4) & (col >= 2) & (col < 8)).to(tl.int8)[None, :], mask=in_grid)
+    tl.store(friendly_ptr + grid_at, 0, mask=in_grid)
+    tl.store(enemy_ptr + grid_at, 0, mask=in_grid)
+
 GAME_BLOCK = 8  # agents per program of a game's kernels: 8 x 128 cells, 8 a thread
 
 
@@ -470,3 +516,21 @@ def space_invaders_observe(pos, alien_dir, aliens, f_bullets, e_bullets) -> torc
         pos, alien_dir, aliens.view(torch.uint8), f_bullets.view(torch.uint8), e_bullets.view(torch.uint8), obs,
         n, BLOCK_N=GAME_BLOCK, num_warps=NUM_WARPS)
     return obs
+
+
+def breakout_reset(ball_x, ball_y, ball_dir, pos, last_x, last_y, strike, bricks, which, draw):
+    """BatchedBreakout.reset, in place: the agents where `which` start anew."""
+    n = len(pos)
+    _breakout_reset[(triton.cdiv(n, GAME_BLOCK),)](
+        ball_x, ball_y, ball_dir, pos, last_x, last_y, strike.view(torch.uint8), bricks.view(torch.uint8),
+        which.contiguous().view(torch.uint8), draw.contiguous(), n, BLOCK_N=GAME_BLOCK, num_warps=NUM_WARPS)
+
+
+def space_invaders_reset(pos, alien_dir, move_interval, move_timer, alien_shot_timer, shot_timer, ramp_index,
+                         aliens, f_bullets, e_bullets, which):
+    """BatchedSpaceInvaders.reset, in place: the agents where `which` start anew."""
+    n = len(pos)
+    _space_invaders_reset[(triton.cdiv(n, GAME_BLOCK),)](
+        pos, alien_dir, move_interval, move_timer, alien_shot_timer, shot_timer, ramp_index,
+        aliens.view(torch.uint8), f_bullets.view(torch.uint8), e_bullets.view(torch.uint8),
+        which.contiguous().view(torch.uint8), n, BLOCK_N=GAME_BLOCK, num_warps=NUM_WARPS)

@@ -115,6 +115,9 @@ def cases(agents: int) -> dict:
                 game.last_y, game.strike, game.bricks, game.last_action)
             made["breakout observation"] = launches(sparse_triton.breakout_observe, game.ball_x, game.ball_y,
                                                     game.pos, game.last_x, game.last_y, game.bricks)
+            made["breakout reset"] = launches(
+                sparse_triton.breakout_reset, game.ball_x, game.ball_y, game.ball_dir, game.pos, game.last_x,
+                game.last_y, game.strike, game.bricks, game.strike, torch.zeros(agents))
         else:
             made["space_invaders game step"] = launches(
                 sparse_triton.space_invaders_step, game.pos, game.alien_dir, game.move_interval, game.move_timer,
@@ -122,6 +125,10 @@ def cases(agents: int) -> dict:
                 game.e_bullets, game.last_action, True)
             made["space_invaders observation"] = launches(sparse_triton.space_invaders_observe, game.pos,
                                                           game.alien_dir, game.aliens, game.f_bullets, game.e_bullets)
+            made["space_invaders reset"] = launches(
+                sparse_triton.space_invaders_reset, game.pos, game.alien_dir, game.move_interval, game.move_timer,
+                game.alien_shot_timer, game.shot_timer, game.ramp_index, game.aliens, game.f_bullets,
+                game.e_bullets, game.f_bullets[:, 0, 0])
     return made
 
 

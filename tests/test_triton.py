@@ -119,10 +119,12 @@ def test_bool_inputs_give_the_products_of_floats(device, batch):
 
 @pytest.mark.skipif(GPU, reason="bit for bit only under the interpreter (see the test above)")
 def test_training_hands_the_gpus_layer_bools_and_gets_the_runs_of_floats(device, monkeypatch):
-    """The GPU's training loop, on the CPU: masked-dense plans (the Triton layer) and the replay's
-    bool observations, against the same loop given floats."""
-    cfg = sd.Config(frames=240, learning_starts=200, replay_size=300, target_update=20, eps_decay_frames=20,
-                    hidden_units=48, pan_frames=1_000, log_every=100)
+    """The GPU's training loop, on the CPU: the C++ kernels off, so that the games, the layer (on
+    masked-dense plans) and the optimiser run Triton's kernels and the replay torch ops; with the
+    replay's bool observations, against the same loop given floats."""
+    cfg = sd.Config(env="space_invaders", frames=240, learning_starts=200, replay_size=300, target_update=20,
+                    eps_decay_frames=20, hidden_units=48, pan_frames=1_000, log_every=100)
+    monkeypatch.setattr(sd, "_kernels", lambda: None)
     monkeypatch.setattr(sd, "sparse_plan", functools.partial(sd.sparse_plan, masked_dense=True))
     layer_inputs = []
     monkeypatch.setattr(sd._SparseReluTriton, "forward", lambda ctx, x, *a, f=sd._SparseReluTriton.forward:
@@ -154,7 +156,8 @@ def test_every_kernel_training_launches_compiles_for_an_h100_without_one(tmp_pat
     results = json.loads((tmp_path / "asm.json").read_text())["results"]
     assert {kernel for kernels in results.values() for kernel in kernels} == {
         "_pack", "_forward", "_forward_one", "_backward", "_centred_rmsprop", "_breakout_step",
-        "_breakout_observe", "_space_invaders_step", "_space_invaders_observe"}
+        "_breakout_observe", "_breakout_reset", "_space_invaders_step", "_space_invaders_observe",
+        "_space_invaders_reset"}
     for kernels in results.values():
         for counts in kernels.values():
             assert counts["instructions"] > 0 and counts["LDG"] > 0 and counts["STG"] > 0
