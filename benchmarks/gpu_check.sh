@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# One prepared check for a lent GPU (at most about 8 minutes): the Triton kernels' tests on the
-# GPU, throughput of spatial agents at 64, 256 and 1,024 agents, CPU-vs-GPU game trajectories, a
-# profile of one 1,024-agent frame, the sparse layer's kernels alone against the masked-dense
-# matmul, whether a population's size changes an agent's bits (reported, not a failure), and the
-# game tests (batched games against minatar) under that machine's torch. Each step has its own
+# One prepared check for a lent GPU (about 8 minutes): the Triton kernels' tests on the GPU,
+# throughput of spatial agents (learned at 64 and 1,024 agents, three ways; frozen at 256 and
+# 1,024), CPU-vs-GPU game trajectories, a profile of one 1,024-agent frame, the sparse layer's
+# kernels alone against the masked-dense matmul, whether a population's size changes an agent's
+# bits (reported, not a failure), and the game tests (batched games against minatar) under that
+# machine's torch. Each step has its own
 # time limit, a failing step does not stop the next, and the script exits 1 if any failed.
-# Figures go to $OUT (or benchmarks/): gpu_throughput_bits.json and gpu_throughput_floats.json
-# (1,024 learned agents, the update's observations as bits and as floats), gpu_throughput_all.json
-# (256 and 64 agents), gpu_profile.txt, gpu_triton_layer.json and gpu_check.log. Nothing in the
-# test suite depends on a GPU.
+# Figures go to $OUT (or benchmarks/): gpu_throughput_now.json, gpu_throughput_float-observations.json
+# and gpu_throughput_torch-games.json (1,024 and 64 learned agents as training runs, and without
+# each of the bits and the Triton games), gpu_throughput_frozen.json, gpu_profile.txt,
+# gpu_triton_layer.json and gpu_check.log. Nothing in the test suite depends on a GPU.
 #   bash benchmarks/gpu_check.sh
 # A lent machine that cannot reach PyPI takes MinAtar from wheels in .whl/ (see the README).
 set -uo pipefail
@@ -32,18 +33,20 @@ step() {  # step SECONDS COMMAND...: run with a limit, log it, remember a failur
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
     python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
     step 90 python3 -m pytest -q -x -p no:cacheprovider tests/test_triton.py
-    for observations in bits floats; do  # the update's batches as bits (training's) and as floats (before)
-        step 80 python3 benchmarks/throughput.py --device cuda --envs space_invaders breakout --archs spatial \
-            --regimes learned --populations 1024 --agent-steps 200000 --json "$out/gpu_throughput_$observations.json" \
-            $([ $observations = floats ] && echo --float-observations)
+    # training as it is, and without each of the last two changes: the update's batches as floats
+    # (not bits), the games in torch ops (not Triton kernels)
+    for variant in now float-observations torch-games; do
+        step 90 python3 benchmarks/throughput.py --device cuda --envs space_invaders breakout --archs spatial \
+            --regimes learned --populations 1024 64 --agent-steps 200000 --json "$out/gpu_throughput_$variant.json" \
+            $([ $variant != now ] && echo --$variant)
     done
-    step 60 python3 benchmarks/triton_layer.py --agents 1024 --repeats 10 --json "$out/gpu_triton_layer.json"
     step 75 python3 benchmarks/gpu_trajectories.py
+    step 60 python3 benchmarks/triton_layer.py --agents 1024 --repeats 10 --json "$out/gpu_triton_layer.json"
     step 40 python3 benchmarks/profile_frame.py --device cuda --env space_invaders --agents 1024 --frames 60 \
         --out "$out/gpu_profile.txt"
     timeout 60 python3 benchmarks/population_bits.py --device cuda --frames 2000 || echo "== (a report)"
-    step 100 python3 benchmarks/throughput.py --device cuda --envs space_invaders breakout --archs spatial \
-        --populations 256 64 --agent-steps 200000 --json "$out/gpu_throughput_all.json"
+    step 60 python3 benchmarks/throughput.py --device cuda --envs space_invaders breakout --archs spatial \
+        --regimes frozen --populations 1024 256 --agent-steps 200000 --json "$out/gpu_throughput_frozen.json"
     step 80 python3 -m pytest -q -x -p no:cacheprovider tests/test_games.py
     echo "== failed steps: $failed"
     exit "$failed"

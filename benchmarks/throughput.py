@@ -61,18 +61,23 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--float-observations", action="store_true",
                         help="hand the GPU's sparse layer its update batches as floats, as before they came as bits")
+    parser.add_argument("--torch-games", action="store_true",
+                        help="play the games in torch ops on a GPU, as before their Triton kernels")
     args = parser.parse_args()
     sd.check_device(args.device)
     if args.float_observations:
         sample = sd.Replay.sample
         sd.Replay.sample = lambda self, agents, idx, inputs_major=False, binary=False: sample(
             self, agents, idx, inputs_major)
+    if args.torch_games:
+        kernels = sd.game_kernels
+        sd.game_kernels = lambda device, native: kernels(device, native) if device.type == "cpu" else None
 
     out = {"command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
            "torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device,
            "gpu": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else None,
            "kernels": sd.kernel_backend() if args.device == "cpu" else ("triton" if sd._triton() else "torch"),
-           "float_observations": args.float_observations, "results": {}}
+           "float_observations": args.float_observations, "torch_games": args.torch_games, "results": {}}
     if "predictive" in args.archs:  # PAN trains before the first frame: timed apart, per PAN frame
         out["pan_ms_per_frame"] = {env: pan_ms_per_frame(env) for env in args.envs}
         print(f"PAN, ms per frame of its data: {out['pan_ms_per_frame']}", flush=True)
