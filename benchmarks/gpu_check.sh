@@ -4,8 +4,8 @@
 # 1,024), CPU-vs-GPU game trajectories, a profile of one 1,024-agent frame, the sparse layer's
 # kernels alone against the masked-dense matmul, whether a population's size changes an agent's
 # bits (reported, not a failure), and the game tests (batched games against minatar) under that
-# machine's torch. Each step has its own
-# time limit, a failing step does not stop the next, and the script exits 1 if any failed.
+# machine's torch. Each step has its own time limit, a failing step does not stop the next, and
+# the script exits 1 if any failed.
 # Figures go to $OUT (or benchmarks/): gpu_throughput_now.json, gpu_throughput_float-observations.json
 # and gpu_throughput_torch-games.json (1,024 and 64 learned agents as training runs, and without
 # each of the bits and the Triton games), gpu_throughput_frozen.json, gpu_profile.txt,
@@ -32,7 +32,7 @@ step() {  # step SECONDS COMMAND...: run with a limit, log it, remember a failur
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
     python3 -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
-    step 90 python3 -m pytest -q -x -p no:cacheprovider tests/test_triton.py
+    step 120 python3 -m pytest -q -x -p no:cacheprovider tests/test_triton.py
     # training as it is, and without each of the last two changes: the update's batches as floats
     # (not bits), the games in torch ops (not Triton kernels)
     for variant in now float-observations torch-games; do
