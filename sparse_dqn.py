@@ -1237,8 +1237,8 @@ def q_values(params: dict[str, torch.Tensor], x: torch.Tensor, plan: SparsePlan 
     or bool; plan, when given, is sparse_plan(params["index"], inputs), saved from an earlier call."""
     if "index" in params:
         plan = plan or sparse_plan(params["index"], x.shape[2])
-    if x.dtype == torch.bool and (plan is None or plan.gather_index is None or _triton_for(x) is None):
-        x = x.to(params["head_w"].dtype)  # only the GPU's sparse kernels read bits
+    if x.dtype == torch.bool and (plan is None or plan.gather_index is None):
+        x = x.to(params["head_w"].dtype)  # only the GPU's sparse layer reads bits (sparse_relu_layer)
     if "conv_w" in params:
         n, b, _ = x.shape
         channels = params["conv_w"].shape[2]
