@@ -289,6 +289,11 @@ class BatchedGame:
         self.rows = torch.arange(n, device=self.device)
         self.last_action = torch.zeros(n, dtype=torch.long, device=self.device)
         self._kernels = game_kernels(self.device, native)
+        # The training loop resets the agents whose episode ended every frame, without asking
+        # whether any did, on a GPU (the question waits for the device) and wherever Triton's
+        # kernels play (a reset is one launch); on the CPU a check is cheaper than a reset.
+        triton_games = self._kernels is not None and self._kernels is sys.modules.get("sparse_triton")
+        self.resets_unasked = self.device.type != "cpu" or triton_games
 
     def act(self, actions: torch.Tensor, sticky_draw: torch.Tensor):
         """minatar.Environment.act for every agent: a draw below the sticky probability repeats
@@ -1624,7 +1629,7 @@ def train_population(agents: Sequence[tuple[Config, int]], progress: bool | Call
             ended[t], ended_return[t] = done, episode_return
             episode_return = episode_return * (1 - done)
             ended_now = done.bool()
-            if device.type != "cpu" or ended_now.any():  # on the CPU, a check is cheaper than a reset
+            if game.resets_unasked or ended_now.any():
                 game.reset(ended_now, u["reset"][:, t])
                 next_obs = game.observe()
             obs = next_obs
