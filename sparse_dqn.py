@@ -1432,8 +1432,9 @@ class _Group:
     """Agents of a population whose networks share shapes and regime: one set of batched tensors,
     one optimiser. Frozen hidden tensors are plain tensors: no gradient, no optimiser state."""
 
-    def __init__(self, members: list[int], cfgs: list[Config], params: list[dict], device):
+    def __init__(self, members: list[int], cfgs: list[Config], params: list[dict], device, population: int):
         self.members = torch.tensor(members, device=device)
+        self.everyone = members == list(range(population))
         self.frozen = cfgs[0].regime == "frozen"
         stacked = {name: torch.stack([p[name] for p in params]).to(device) for name in params[0]}
         index, inputs = stacked.get("index"), torch.arange(cfgs[0].input_size, device=device)
@@ -1454,6 +1455,11 @@ class _Group:
         l1 = {learned.index("hidden_w"): torch.tensor(coefs, device=device)} if any(coefs) else None
         self.optimizer = CentredRMSprop([stacked[name] for name in learned], lr=c.lr, alpha=c.rms_alpha,
                                         eps=c.rms_eps, l1=l1)
+
+    def rows(self, t: torch.Tensor) -> torch.Tensor:
+        """The members' rows of a population's tensor: t itself where they are the population, in
+        order (no copy: on a GPU, each copy is a call)."""
+        return t if self.everyone else t[self.members]
 
     def update(self, batch, gamma: float, act_on: torch.Tensor | None = None) -> torch.Tensor | None:
         """One DQN update of every member. act_on: the next frame's observations (N, 1, inputs); for
@@ -1563,7 +1569,7 @@ def train_population(agents: Sequence[tuple[Config, int]], progress: bool | Call
     by_shape = defaultdict(list)
     for i, (cfg, _) in enumerate(agents):
         by_shape[(cfg.arch == "minatar_cnn", cfg.layer_shape, cfg.regime)].append(i)
-    groups = [_Group(ix, [agents[i][0] for i in ix], [params[i] for i in ix], device)
+    groups = [_Group(ix, [agents[i][0] for i in ix], [params[i] for i in ix], device, n)
               for ix in by_shape.values()]
     l1_agents = [(g, j, i) for g in groups for j, i in enumerate(g.members.tolist())
                  if agents[i][0].arch == "l1" and not g.frozen]
@@ -1618,17 +1624,15 @@ def train_population(agents: Sequence[tuple[Config, int]], progress: bool | Call
             if eps < 1.0:
                 with torch.no_grad():
                     x = obs.float().unsqueeze(1)
-                    greedy = torch.empty(n, dtype=torch.long, device=device)
-                    for g in groups:
-                        greedy[g.members] = g.greedy(x[g.members], acted.pop(g, None))
+                    greedy = _by_member([(g, g.greedy(g.rows(x), acted.pop(g, None))) for g in groups])
                 actions = torch.where(u["explore"][:, t] < eps, actions, greedy)
             reward, done = game.act(actions, u["sticky"][:, t])
             next_obs = game.observe()
             replay.add(replay.pack(obs), actions, reward, replay.pack(next_obs), done)
             episode_return += reward
             ended[t], ended_return[t] = done, episode_return
-            episode_return = episode_return * (1 - done)
             ended_now = done.bool()
+            episode_return = episode_return.masked_fill(ended_now, 0.0)
             if game.resets_unasked or ended_now.any():
                 game.reset(ended_now, u["reset"][:, t])
                 next_obs = game.observe()
@@ -1637,10 +1641,10 @@ def train_population(agents: Sequence[tuple[Config, int]], progress: bool | Call
             if frame >= cfg0.learning_starts:
                 idx = (u_replay[:, t] * replay.size).long()
                 acts_next = frame + 1 < cfg0.frames and epsilon(cfg0, frame + 1) < 1.0
-                x = obs.float().unsqueeze(1) if acts_next else None
+                x = obs.float().unsqueeze(1) if acts_next and any(g.acts_in_step for g in groups) else None
                 for g in groups:
-                    batch = replay.sample(g.members, idx[g.members], g.inputs_major, g.binary)
-                    acted[g] = g.update(batch, cfg0.gamma, x[g.members] if acts_next and g.acts_in_step else None)
+                    batch = replay.sample(g.members, g.rows(idx), g.inputs_major, g.binary)
+                    acted[g] = g.update(batch, cfg0.gamma, g.rows(x) if x is not None and g.acts_in_step else None)
                 updates += 1
                 if updates % cfg0.target_update == 0:
                     for g in groups:
@@ -1688,6 +1692,16 @@ def train_population(agents: Sequence[tuple[Config, int]], progress: bool | Call
                                  pan_logs[i], mask, wall, resumed_at=resumed_at,
                                  provenance=_provenance(cfg0, n), params=final))
     return results
+
+
+def _by_member(values: list[tuple[_Group, torch.Tensor]]) -> torch.Tensor:
+    """The population's (N,) tensor from each group's values for its members."""
+    if len(values) == 1 and values[0][0].everyone:
+        return values[0][1]
+    out = values[0][1].new_empty(sum(len(g.members) for g, _ in values))
+    for g, v in values:
+        out[g.members] = v
+    return out
 
 
 def _provenance(cfg: Config, agents: int) -> dict:

@@ -318,7 +318,7 @@ def test_dense_layers_take_the_matmul_path_and_agree_with_the_gather_path():
     params = {k: v.unsqueeze(0) for k, v in sd.init_params(cfg, 0, mask).items()}
     x = (torch.rand(1, 9, cfg.input_size) < 0.1).float()
     gathered = sd.q_values(params, x)
-    group = sd._Group([0], [cfg], [sd.init_params(cfg, 0, mask)], torch.device("cpu"))
+    group = sd._Group([0], [cfg], [sd.init_params(cfg, 0, mask)], torch.device("cpu"), 1)
     assert "index" not in group.params
     torch.testing.assert_close(sd.q_values(group.params, x), gathered)
 
