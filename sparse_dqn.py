@@ -289,11 +289,11 @@ class BatchedGame:
         self.rows = torch.arange(n, device=self.device)
         self.last_action = torch.zeros(n, dtype=torch.long, device=self.device)
         self._kernels = game_kernels(self.device, native)
+        self._reset_kernel = getattr(self._kernels, self.reset_kernel_name, None)  # Triton's have one
         # The training loop resets the agents whose episode ended every frame, without asking
-        # whether any did, on a GPU (the question waits for the device) and wherever Triton's
-        # kernels play (a reset is one launch); on the CPU a check is cheaper than a reset.
-        triton_games = self._kernels is not None and self._kernels is sys.modules.get("sparse_triton")
-        self.resets_unasked = self.device.type != "cpu" or triton_games
+        # whether any did, on a GPU (the question waits for the device) and where the kernels
+        # reset (one launch); on the CPU a check is cheaper than a reset.
+        self.resets_unasked = self.device.type != "cpu" or self._reset_kernel is not None
 
     def act(self, actions: torch.Tensor, sticky_draw: torch.Tensor):
         """minatar.Environment.act for every agent: a draw below the sticky probability repeats
@@ -321,6 +321,7 @@ _FLIP_X, _FLIP_Y, _FLIP_XY = (1, 0, 3, 2), (3, 2, 1, 0), (2, 3, 0, 1)
 
 class BatchedBreakout(BatchedGame):
     channels = 4
+    reset_kernel_name = "breakout_reset"
 
     def __init__(self, n: int, sticky_action_prob: float = 0.1, ramping: bool = True, device="cpu",
                  native: bool | None = None):
@@ -337,9 +338,9 @@ class BatchedBreakout(BatchedGame):
     def reset(self, which: torch.Tensor, draw: torch.Tensor):
         """Reset the agents where `which`; a draw below 0.5 starts the ball at the left, as
         minatar's randint(2) == 0 does."""
-        if hasattr(self._kernels, "breakout_reset"):  # the GPU's, which resets every frame
-            return self._kernels.breakout_reset(self.ball_x, self.ball_y, self.ball_dir, self.pos, self.last_x,
-                                                self.last_y, self.strike, self.bricks, which, draw)
+        if self._reset_kernel is not None:
+            return self._reset_kernel(self.ball_x, self.ball_y, self.ball_dir, self.pos, self.last_x, self.last_y,
+                                      self.strike, self.bricks, which, draw)
         right = draw >= 0.5
         self.ball_x = torch.where(which, torch.where(right, 9, 0), self.ball_x)
         self.ball_dir = torch.where(which, torch.where(right, 3, 2), self.ball_dir)
@@ -404,6 +405,7 @@ SHOT_COOL_DOWN, ENEMY_MOVE_INTERVAL, ENEMY_SHOT_INTERVAL = 5, 12, 10
 
 class BatchedSpaceInvaders(BatchedGame):
     channels = 6
+    reset_kernel_name = "space_invaders_reset"
 
     def __init__(self, n: int, sticky_action_prob: float = 0.1, ramping: bool = True, device="cpu",
                  native: bool | None = None):
@@ -423,8 +425,8 @@ class BatchedSpaceInvaders(BatchedGame):
 
     def reset(self, which: torch.Tensor, draw: torch.Tensor | None = None):
         """Reset the agents where `which` (Space Invaders draws nothing at reset)."""
-        if hasattr(self._kernels, "space_invaders_reset"):  # the GPU's, which resets every frame
-            return self._kernels.space_invaders_reset(
+        if self._reset_kernel is not None:
+            return self._reset_kernel(
                 self.pos, self.alien_dir, self.move_interval, self.move_timer, self.alien_shot_timer,
                 self.shot_timer, self.ramp_index, self.aliens, self.f_bullets, self.e_bullets, which)
         w3 = which.view(-1, 1, 1)

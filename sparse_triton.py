@@ -264,6 +264,13 @@ def _grid(ptr, n, live, row, col, valid):
 
 
 @triton.jit
+def _put_grid(ptr, n, which, cell, valid, values):
+    """Agents' 10 x 10 grids (N, 100) written where `which`: values (agents, cells) or one row of
+    cells for all."""
+    tl.store(ptr + n[:, None] * 100 + cell[None, :], values.to(tl.int8), mask=which[:, None] & valid[None, :])
+
+
+@triton.jit
 def _breakout_step(ball_x_ptr, ball_y_ptr, dir_ptr, pos_ptr, last_x_ptr, last_y_ptr, strike_ptr, bricks_ptr,
                    action_ptr, reward_ptr, terminal_ptr, agents, BLOCK_N: tl.constexpr):
     """Ball directions 0..3: up-left, up-right, down-right, down-left (sparse_dqn's _BALL_DX and
@@ -302,7 +309,7 @@ def _breakout_step(ball_x_ptr, ball_y_ptr, dir_ptr, pos_ptr, last_x_ptr, last_y_
     strike = (strike | score) & brick
 
     tl.debug_barrier()  # the compiler may lay the stores out otherwise than the loads: reads first
-    tl.store(bricks_ptr + n[:, None] * 100 + cell[None, :], bricks.to(tl.int8), mask=live[:, None] & valid[None, :])
+    _put_grid(bricks_ptr, n, live, cell, valid, bricks)
     tl.store(last_x_ptr + n, ball_x, mask=live)
     tl.store(last_y_ptr + n, ball_y, mask=live)
     tl.store(ball_x_ptr + n, new_x, mask=live)
@@ -344,8 +351,7 @@ def _breakout_reset(ball_x_ptr, ball_y_ptr, dir_ptr, pos_ptr, last_x_ptr, last_y
     tl.store(dir_ptr + n, tl.where(right, 3, 2).to(tl.int64), mask=which)
     _set(pos_ptr, n, which, 4, BLOCK_N)
     tl.store(strike_ptr + n, tl.zeros((BLOCK_N,), tl.int8), mask=which)
-    wall = ((row >= 1) & (row < 4)).to(tl.int8)[None, :]
-    tl.store(bricks_ptr + n[:, None] * 100 + cell[None, :], wall, mask=which[:, None] & valid[None, :])
+    _put_grid(bricks_ptr, n, which, cell, valid, ((row >= 1) & (row < 4))[None, :])
 
 
 @triton.jit
@@ -418,11 +424,9 @@ def _space_invaders_step(pos_ptr, dir_ptr, interval_ptr, move_timer_ptr, alien_s
     # Another thread may have read a cell rolled into its own: every read must be done before a
     # write (bar.sync orders the memory accesses of a program's threads).
     tl.debug_barrier()
-    grid_at = n[:, None] * 100 + cell[None, :]
-    in_grid = live[:, None] & valid[None, :]
-    tl.store(aliens_ptr + grid_at, aliens.to(tl.int8), mask=in_grid)
-    tl.store(friendly_ptr + grid_at, friendly.to(tl.int8), mask=in_grid)
-    tl.store(enemy_ptr + grid_at, enemy.to(tl.int8), mask=in_grid)
+    _put_grid(aliens_ptr, n, live, cell, valid, aliens)
+    _put_grid(friendly_ptr, n, live, cell, valid, friendly)
+    _put_grid(enemy_ptr, n, live, cell, valid, enemy)
     tl.store(pos_ptr + n, pos, mask=live)
     tl.store(dir_ptr + n, dir, mask=live)
     tl.store(interval_ptr + n, interval, mask=live)
@@ -464,11 +468,9 @@ def _space_invaders_reset(pos_ptr, dir_ptr, interval_ptr, move_timer_ptr, alien_
     _set(alien_shot_ptr, n, which, 10, BLOCK_N)
     _set(shot_timer_ptr, n, which, 0, BLOCK_N)
     _set(ramp_ptr, n, which, 0, BLOCK_N)
-    grid_at = n[:, None] * 100 + cell[None, :]
-    in_grid = which[:, None] & valid[None, :]
-    tl.store(aliens_ptr + grid_at, ((row < 4) & (col >= 2) & (col < 8)).to(tl.int8)[None, :], mask=in_grid)
-    tl.store(friendly_ptr + grid_at, 0, mask=in_grid)
-    tl.store(enemy_ptr + grid_at, 0, mask=in_grid)
+    _put_grid(aliens_ptr, n, which, cell, valid, ((row < 4) & (col >= 2) & (col < 8))[None, :])
+    _put_grid(friendly_ptr, n, which, cell, valid, tl.zeros((1, _CELLS), tl.int8))
+    _put_grid(enemy_ptr, n, which, cell, valid, tl.zeros((1, _CELLS), tl.int8))
 
 GAME_BLOCK = 8  # agents per program of a game's kernels: 8 x 128 cells, 8 a thread
 
