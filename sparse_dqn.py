@@ -63,7 +63,12 @@ _keep_freed_memory()
 
 GRID = 10
 CHANNELS = {"breakout": 4, "space_invaders": 6}
-ARCHS = ("dense", "random", "spatial", "predictive", "l1", "minatar_cnn")
+# dense_wide is a control, not one of the paper's architectures: a dense layer as wide as the sparse
+# masks (hidden_units units), so it has k / inputs times their weights' density but input_size / k
+# times their weights. With frozen hidden weights only the head learns, and the head of `dense`
+# sees 108 random features where the sparse masks' see 1,200: dense_wide separates width from
+# sparsity.
+ARCHS = ("dense", "random", "spatial", "predictive", "l1", "minatar_cnn", "dense_wide")
 REGIMES = ("frozen", "learned")
 PAN_IDLE = ("move", "spatial", "random")
 NUM_ACTIONS = 6
@@ -173,13 +178,16 @@ class Config:
         return max(1, round(self.hidden_units * self.k / self.input_size))
 
     @property
+    def fully_connected(self) -> bool:
+        """Whether every hidden unit sees every input: dense, dense_wide, and L1 as it learns."""
+        return self.arch in ("dense", "dense_wide") or (self.arch == "l1" and self.regime == "learned")
+
+    @property
     def layer_shape(self) -> tuple[int, int]:
-        """(units, inputs per unit) of the hidden layer as trained; L1 learns a dense layer."""
+        """(units, inputs per unit) of the hidden layer as trained."""
         if self.arch == "dense":
             return self.dense_units, self.input_size
-        if self.arch == "l1" and self.regime == "learned":
-            return self.hidden_units, self.input_size
-        return self.hidden_units, self.k
+        return self.hidden_units, self.input_size if self.fully_connected else self.k
 
     def key(self) -> str:
         """Result-store key: the experiment's fields and the algorithm version; not the device
@@ -541,7 +549,8 @@ def unit_centres(cfg: Config) -> torch.Tensor:
 
 
 def dense_mask(cfg: Config) -> torch.Tensor:
-    return torch.arange(cfg.input_size).expand(cfg.dense_units, -1).clone()
+    """Every unit of a fully connected layer (dense, dense_wide, learned L1) sees every input."""
+    return torch.arange(cfg.input_size).expand(cfg.layer_shape[0], -1).clone()
 
 
 def spatial_mask(cfg: Config) -> torch.Tensor:
@@ -1528,7 +1537,7 @@ def _check_population(agents: Sequence[tuple[Config, int]]):
 def build_mask(cfg: Config, seed: int, learned_l1_mask: torch.Tensor | None = None):
     """The (units, k) mask of one agent, and the PAN TD-error curve for predictive masks. A frozen
     L1 agent takes the L1 mask of the learned L1 run of its game and seed."""
-    if cfg.arch == "dense":
+    if cfg.fully_connected:
         return dense_mask(cfg), []
     if cfg.arch == "random":
         return random_mask(cfg, seed), []
@@ -1536,8 +1545,6 @@ def build_mask(cfg: Config, seed: int, learned_l1_mask: torch.Tensor | None = No
         return spatial_mask(cfg), []
     if cfg.arch == "predictive":
         return predictive_mask(cfg, seed)
-    if cfg.arch == "l1" and cfg.regime == "learned":
-        return torch.arange(cfg.input_size).expand(cfg.hidden_units, -1).clone(), []
     if cfg.arch in MASKS:
         return user_mask(cfg, seed), []
     if cfg.arch == "l1":
@@ -1961,6 +1968,8 @@ class Profile:
     l1_coefs: tuple[float, ...] = (1e-6, 1e-5, 1e-4)
     l1_seeds: tuple[int, ...] | None = None
     """Seeds of the L1 coefficient sweep; None: the profile's seeds."""
+    cnn_seeds: tuple[int, ...] | None = None
+    """Seeds of minatar_cnn, the check against MinAtar's own DQN; None: the profile's seeds."""
     trains_in_book: bool = True
     """False: the book only reads this profile's runs (made by `sweep`), and refuses to start
     while any is missing rather than train for hours."""
@@ -1968,6 +1977,10 @@ class Profile:
     @property
     def coef_seeds(self) -> tuple[int, ...]:
         return self.seeds if self.l1_seeds is None else self.l1_seeds
+
+    @property
+    def check_seeds(self) -> tuple[int, ...]:
+        return self.seeds if self.cnn_seeds is None else self.cnn_seeds
 
 
 PROFILES = {
@@ -1977,9 +1990,10 @@ PROFILES = {
     "quick": Profile(10_000, (0, 1), dict(learning_starts=1_000, eps_decay_frames=5_000,
                                           replay_size=10_000, target_update=250, pan_frames=20_000,
                                           log_every=1_000)),
-    # MinAtar's reference DQN schedule unchanged, a tenth of its frames, 5 seeds (3 per L1 coefficient).
-    "study": Profile(500_000, tuple(range(5)), l1_coefs=(1e-6, 1e-5, 1e-4), l1_seeds=(0, 1, 2),
-                     trains_in_book=False),
+    # MinAtar's reference DQN schedule unchanged, a tenth of its frames: 10 seeds for the claims'
+    # architectures, 5 for the check against MinAtar's DQN, 3 per L1 coefficient.
+    "study": Profile(500_000, tuple(range(10)), l1_coefs=(1e-6, 1e-5, 1e-4), l1_seeds=(0, 1, 2),
+                     cnn_seeds=tuple(range(5)), trains_in_book=False),
     "paper": Profile(5_000_000, tuple(range(30)), l1_coefs=(1e-6, 1e-5, 1e-4, 1e-3)),
 }
 
@@ -2018,15 +2032,30 @@ def channel_names(env: str) -> tuple[str, ...]:
 # ----------------------------------------------------------------------------------------------
 # Sweeps: every run a profile's notebooks need, in populations, on this machine or on Slurm
 # ----------------------------------------------------------------------------------------------
-FIGURE_ARCHS = ("dense", "random", "spatial", "predictive", "l1")
+FIGURE_ARCHS = ("dense", "random", "spatial", "predictive", "l1", "dense_wide")
+EQUAL_WEIGHT_ARCHS = ("dense", "random", "spatial", "predictive")
+"""The architectures of equal hidden weights that the abstract's claims compare."""
+
+
+def _sweep_order(run: tuple[Config, int]) -> tuple:
+    """The order a sweep trains runs in: what the planned claim tests compare first (the equal-weight
+    architectures, then L1, whose frozen runs need its learned ones), the width control's learned
+    runs, the dearest, last; the two games alternate within each step."""
+    cfg, seed = run
+    default_l1 = cfg.l1_coef == Config.l1_coef
+    step = (0 if cfg.arch in EQUAL_WEIGHT_ARCHS else
+            1 if cfg.arch == "l1" and default_l1 and cfg.regime == "learned" else
+            2 if cfg.arch == "l1" and cfg.regime == "frozen" else
+            3 if cfg.arch == "dense_wide" and cfg.regime == "frozen" else
+            5 if cfg.arch == "dense_wide" else 4)
+    return step, cfg.regime, cfg.arch, cfg.l1_coef, cfg.env, seed
 
 
 def profile_runs(profile: str, envs: Sequence[str] = tuple(CHANNELS), extra_archs: Sequence[str] = (),
                  **fields) -> list[tuple[Config, int]]:
     """Every (config, seed) that chapters 03 to 05 of a profile read: each arch x regime of
     Figures 1 and 2 (and of extra_archs, such as registered masks), minatar_cnn, and the L1
-    coefficient sweep. Frozen runs come first (they are the cheapest) and frozen L1 last, after
-    the learned L1 runs whose masks it takes."""
+    coefficient sweep, in the order a sweep trains them (_sweep_order)."""
     profile_config(profile)  # rejects an unknown profile
     p = PROFILES[profile]
     runs = []
@@ -2034,10 +2063,10 @@ def profile_runs(profile: str, envs: Sequence[str] = tuple(CHANNELS), extra_arch
         for regime in ("frozen", "learned"):
             runs += [(profile_config(profile, env=env, arch=a, regime=regime, **fields), s)
                      for a in FIGURE_ARCHS + tuple(extra_archs) for s in p.seeds]
-        runs += [(profile_config(profile, env=env, arch="minatar_cnn", **fields), s) for s in p.seeds]
+        runs += [(profile_config(profile, env=env, arch="minatar_cnn", **fields), s) for s in p.check_seeds]
         runs += [(profile_config(profile, env=env, arch="l1", l1_coef=c, **fields), s)
                  for c in p.l1_coefs for s in p.coef_seeds]
-    return sorted(dict.fromkeys(runs), key=lambda r: (r[0].arch == "l1" and r[0].regime == "frozen", r[0].env))
+    return sorted(dict.fromkeys(runs), key=_sweep_order)
 
 
 def _stored_under_another_version(results_dir: str | Path, cfg: Config, seed: int) -> bool:
@@ -2070,11 +2099,16 @@ def missing_runs(profile: str, results_dir: str | Path) -> str | None:
 
 
 def plan_populations(runs: Sequence[tuple[Config, int]], max_agents: int) -> list[list[tuple[Config, int]]]:
-    """Runs grouped into populations of one game, at most max_agents each, in the given order."""
-    by_env = defaultdict(list)
+    """Runs grouped into populations of one game, at most max_agents each, in the order of their
+    first runs, each run in the population of its game that was open when it came."""
+    populations, open_ = [], {}
     for run in runs:
-        by_env[run[0].env].append(run)
-    return [group[i:i + max_agents] for group in by_env.values() for i in range(0, len(group), max_agents)]
+        env = run[0].env
+        if env not in open_ or len(open_[env]) == max_agents:
+            open_[env] = []
+            populations.append(open_[env])
+        open_[env].append(run)
+    return populations
 
 
 @contextlib.contextmanager

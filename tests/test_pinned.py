@@ -17,7 +17,8 @@ import sparse_dqn as sd
 
 PINNED = {  # (version, backend): {digest: the processor type it was seen on}
     (2, "cpp"): {"9680b9afc2107dbe": "the processors of the sessions and CI runs until 2026-11-26",
-                 "190677b1e1f3ffcf": "AMD EPYC, family 26 model 2 (4da5fa5b5b)"},
+                 "190677b1e1f3ffcf": "AMD EPYC, family 26 model 2 (4da5fa5b5b)",
+                 "5caedd22b2b8e2f2": "Intel Xeon, family 6 model 207 (62c67a8715)"},
     (2, "torch"): {"5a652da6e8fbd7b7": "the processors of the sessions and CI runs until 2026-11-26",
                    "a16e61d162e75654": "AMD EPYC, family 26 model 2 (4da5fa5b5b)"},
 }
