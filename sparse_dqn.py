@@ -2244,16 +2244,22 @@ exec scontrol "$@"
 """
 
 
+def scontrol_shim(folder: str | Path) -> Path:
+    """Write the scontrol that ignores SIGTERM (SCONTROL_IGNORING_SIGTERM) into folder/bin."""
+    shim = Path(folder) / "bin" / "scontrol"
+    shim.parent.mkdir(parents=True, exist_ok=True)
+    shim.write_text(SCONTROL_IGNORING_SIGTERM)
+    shim.chmod(0o755)
+    return shim
+
+
 def slurm_executor(results_dir: str | Path, **options):
     """submitit's Slurm executor for this module's jobs (SweepJob): logs and pickles under
     results_dir/.submitit, this module on the jobs' PYTHONPATH; options go to update_parameters."""
     import submitit
 
     folder = Path(results_dir) / ".submitit"
-    shim = folder / "bin" / "scontrol"
-    shim.parent.mkdir(parents=True, exist_ok=True)
-    shim.write_text(SCONTROL_IGNORING_SIGTERM)
-    shim.chmod(0o755)
+    shim = scontrol_shim(folder)
     ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
     here = str(Path(__file__).resolve().parent)
     ex.update_parameters(slurm_setup=[f"export PYTHONPATH={here}${{PYTHONPATH:+:$PYTHONPATH}}",

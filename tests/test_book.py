@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import skip_unless_installed
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -80,6 +81,7 @@ def test_the_intro_states_the_scale_the_book_was_built_at(book):
 
 @pytest.fixture(scope="module")
 def browser():
+    skip_unless_installed("" if Path(CHROMIUM).exists() else "Debian's chromium", "apt-get install chromium")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -105,7 +107,6 @@ def open_page(browser, path, width=1280, height=900):
     return page
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 def test_every_page_renders_offline_without_a_failed_request_or_console_error(book, browser):
     built = pages(book)
     assert {p.stem for p in built} >= set(NOTEBOOKS) | {"intro", "methods", "choices", "reproducing", "references"}
@@ -126,7 +127,6 @@ def test_every_page_renders_offline_without_a_failed_request_or_console_error(bo
         page.context.close()
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian's chromium is not installed")
 def test_the_static_mask_explorer_redraws_every_control_from_the_mask_data(book, browser):
     sys.path.insert(0, str(ROOT / "notebooks"))
     import companion as bk
