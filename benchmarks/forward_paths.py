@@ -16,6 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sparse_dqn as sd  # noqa: E402
+from engine import backends
 from kernels import observations  # noqa: E402
 
 WAYS = {"chosen": -1, "by unit": 1, "by input": 0}
@@ -29,11 +30,11 @@ def main():
     parser.add_argument("--populations", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    kernels = sd._kernels()
+    kernels = backends._kernels()
     if kernels is None:
         sys.exit("the C++ kernels are not built on this machine")
     torch.manual_seed(0)
-    out = {"command": "python " + " ".join(sys.argv), "cpu": sd._cpu_name(), "threads": torch.get_num_threads(),
+    out = {"command": "python " + " ".join(sys.argv), "cpu": backends._cpu_name(), "threads": torch.get_num_threads(),
            "us_per_agent": {}}
     for case in args.cases:
         env, arch = case.split("/")

@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import sparse_dqn as sd  # noqa: E402
+from engine import backends
 
 
 def microseconds(fn, calls: int) -> float:
@@ -39,11 +40,11 @@ def main():
     parser.add_argument("--units", type=int, default=sd.Config().hidden_units)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    kernels = sd._kernels()
+    kernels = backends._kernels()
     if kernels is None:
         sys.exit("the C++ kernels are not built on this machine")
     torch.manual_seed(0)
-    out = {"command": "python " + " ".join(sys.argv), "torch": torch.__version__, "cpu": sd._cpu_name(),
+    out = {"command": "python " + " ".join(sys.argv), "torch": torch.__version__, "cpu": backends._cpu_name(),
            "threads": torch.get_num_threads(), "units": args.units, "batch": 32, "results": {}}
     for n in args.populations:
         units_major = torch.relu(torch.randn(n, args.units, 32))

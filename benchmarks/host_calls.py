@@ -40,6 +40,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import sparse_dqn as sd  # noqa: E402
+from engine import backends
 
 VIEWS = {"view", "_unsafe_view", "as_strided", "transpose", "t", "unsqueeze", "squeeze", "select", "slice",
          "expand", "alias", "detach", "permute", "_reshape_alias", "unbind", "split"}
@@ -95,7 +96,7 @@ def main():
     if ARGS.path == "gpu":
         count_launches(count)
     if EMULATED:
-        sd._kernels = lambda: None
+        backends._kernels = lambda: None
         sd.sparse_plan = functools.partial(sd.sparse_plan, masked_dense=True)
     learning_starts = 40
     cfg = sd.Config(env=ARGS.env, arch=ARGS.arch, regime=ARGS.regime, learning_starts=learning_starts,

@@ -19,11 +19,12 @@ from torch.utils.cpp_extension import load
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import sparse_dqn as sd  # noqa: E402
+from engine import backends
 
 def build(name: str, source: str):
     path = Path(tempfile.mkdtemp()) / f"{name}.cpp"
     path.write_text(source)
-    return load(name, [str(path)], extra_cflags=sd.KERNEL_FLAGS, extra_ldflags=["-fopenmp"])
+    return load(name, [str(path)], extra_cflags=backends.KERNEL_FLAGS, extra_ldflags=["-fopenmp"])
 
 
 def observations(cfg: sd.Config, agents: int, frames: int = 600) -> torch.Tensor:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import sparse_dqn as sd  # noqa: E402
+from engine import backends
 
 
 def main():
@@ -21,7 +22,7 @@ def main():
     parser.add_argument("runs", nargs="+", help="stored run files (glob patterns allowed)")
     parser.add_argument("--frames", type=int, default=25_000)
     args = parser.parse_args()
-    print(f"this machine: {sd._cpu_name()}, {sd.kernel_backend()} kernels")
+    print(f"this machine: {backends._cpu_name()}, {backends.kernel_backend()} kernels")
     for path in [p for pattern in args.runs for p in sorted(glob.glob(pattern))]:
         stored = sd.RunResult.from_json(json.loads(Path(path).read_text()))
         run = sd.train(dataclasses.replace(stored.config, frames=args.frames), [stored.seed], progress=False)[0]

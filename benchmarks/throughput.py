@@ -17,6 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import sparse_dqn as sd  # noqa: E402
+from engine import backends
 
 # Frozen L1 is a sparse frozen layer like any other mask; it is timed as random/frozen.
 CASES = [(arch, regime) for arch in sd.ARCHS for regime in sd.REGIMES if (arch, regime) != ("l1", "frozen")]
@@ -70,13 +71,13 @@ def main():
         sd.Replay.sample = lambda self, agents, idx, inputs_major=False, binary=False: sample(
             self, agents, idx, inputs_major)
     if args.torch_games:
-        kernels = sd.game_kernels
-        sd.game_kernels = lambda device, native: kernels(device, native) if device.type == "cpu" else None
+        kernels = backends.game_kernels
+        backends.game_kernels = lambda device, native: kernels(device, native) if device.type == "cpu" else None
 
     out = {"command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
            "torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device,
            "gpu": torch.cuda.get_device_name(args.device) if args.device.startswith("cuda") else None,
-           "kernels": sd.kernel_backend() if args.device == "cpu" else ("triton" if sd._triton() else "torch"),
+           "kernels": backends.kernel_backend() if args.device == "cpu" else ("triton" if backends._triton() else "torch"),
            "float_observations": args.float_observations, "torch_games": args.torch_games, "results": {}}
     if "predictive" in args.archs:  # PAN trains before the first frame: timed apart, per PAN frame
         out["pan_ms_per_frame"] = {env: pan_ms_per_frame(env) for env in args.envs}

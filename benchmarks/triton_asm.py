@@ -29,7 +29,7 @@ from triton.runtime.jit import JITFunction
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import sparse_dqn as sd  # noqa: E402
-import sparse_triton  # noqa: E402
+from engine import triton_kernels as sparse_triton  # noqa: E402
 
 TOOLS = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
 COUNTED = ("LDG", "STG", "SHFL", "BAR", "FFMA")

@@ -16,7 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import sparse_dqn as sd  # noqa: E402
-import sparse_triton  # noqa: E402
+from engine import triton_kernels as sparse_triton  # noqa: E402
 
 
 def load(path: Path):

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 import sparse_dqn as sd  # noqa: E402
+from study import profiles, store  # noqa: E402
 
 ENVS = ("breakout", "space_invaders")  # the paper's panels, left to right
 TITLES = {"breakout": "Breakout", "space_invaders": "Space Invaders"}
@@ -67,13 +68,13 @@ class Chapter:
 
     def __init__(self, name: str, profile: str, results_dir: str, envs: Sequence[str] = ENVS,
                  seeds: Sequence[int] | None = None, frames: int | None = None):
-        sd.profile_config(profile)  # rejects an unknown profile in one line
+        profiles.profile_config(profile)  # rejects an unknown profile in one line
         self.name, self.profile = name, profile
         self.results_dir = Path(results_dir) if Path(results_dir).is_absolute() else ROOT / results_dir
         self.envs = [e for e in ENVS if e in envs] + [e for e in envs if e not in ENVS]
-        self.seeds = list(seeds or sd.PROFILES[profile].seeds)
-        self.frames = frames or sd.PROFILES[profile].frames
-        self.sweep_only = not sd.PROFILES[profile].trains_in_book and seeds is None and frames is None
+        self.seeds = list(seeds or profiles.PROFILES[profile].seeds)
+        self.frames = frames or profiles.PROFILES[profile].frames
+        self.sweep_only = not profiles.PROFILES[profile].trains_in_book and seeds is None and frames is None
         sns.set_theme(style="whitegrid", context="notebook", font_scale=1.15)
         plt.rcParams.update({"figure.dpi": 110, "savefig.bbox": "tight"})
 
@@ -84,12 +85,12 @@ class Chapter:
         return f"{self.frames:,} frames per agent x {seeds} (profile {self.profile})"
 
     def config(self, **fields) -> sd.Config:
-        return sd.profile_config(self.profile, **{"frames": self.frames, **fields})
+        return profiles.profile_config(self.profile, **{"frames": self.frames, **fields})
 
     def _refuse_to_train(self):
         """A profile made by the sweep (study) is only read: a live notebook must not start hours
         of training because a run is missing or stale."""
-        problem = self.sweep_only and sd.missing_runs(self.profile, self.results_dir)
+        problem = self.sweep_only and profiles.missing_runs(self.profile, self.results_dir)
         if problem:
             raise RuntimeError(problem)
 
@@ -100,7 +101,7 @@ class Chapter:
     def runs(self, archs: Sequence[str], regimes: Sequence[str], **fields) -> pd.DataFrame:
         """The per-episode table of every env x arch x regime x seed: loaded, or trained."""
         self._refuse_to_train()
-        return sd.train_profile(self.profile, self.envs, archs, regimes, self.results_dir, self.seeds,
+        return profiles.train_profile(self.profile, self.envs, archs, regimes, self.results_dir, self.seeds,
                                 self.frames, **fields)
 
     def write(self, blob: dict, name: str | None = None):
@@ -434,7 +435,7 @@ def mask_statistics(env: str, masks: dict, centres: dict):
     return stats, pd.DataFrame([[overlap(a, b) for b in sparse] for a in sparse], index=sparse, columns=sparse)
 
 
-def capacity_table(chapter: Chapter, archs: Sequence[str] = sd.FIGURE_ARCHS) -> pd.DataFrame:
+def capacity_table(chapter: Chapter, archs: Sequence[str] = profiles.FIGURE_ARCHS) -> pd.DataFrame:
     """Hidden units, inputs per unit and hidden weights of each architecture (frozen regime), and
     of MinAtar's reference network, per game: every sparse layer has the same capacity."""
     rows = []

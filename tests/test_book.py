@@ -139,7 +139,7 @@ def test_the_static_mask_explorer_redraws_every_control_from_the_mask_data(book,
         "rs => rs.map(r => r.dataset.cell)"))
 
     def expect(env, arch, seed, unit, channel):
-        cfg = bk.sd.profile_config("smoke", env=env, arch=arch, regime="learned" if arch == "l1" else "frozen")
+        cfg = bk.profiles.profile_config("smoke", env=env, arch=arch, regime="learned" if arch == "l1" else "frozen")
         mask = (bk.sd.train(cfg, [seed], book / "results" / "smoke", progress=False)[0].mask if arch == "l1"
                 else bk.sd.build_mask(cfg, seed)[0].tolist())
         inputs = sorted(mask[unit])

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import sparse_dqn as sd
+from engine import backends
 
 
 def dense_masked(x, weight, index, inputs):
@@ -81,7 +82,7 @@ def test_units_are_grouped_exactly_by_the_inputs_they_read():
     inputs and nothing else: labels equal exactly where rows are, numbered by first appearance."""
     torch.manual_seed(0)
     rows = torch.randint(0, 3, (500, 4))
-    labels = sd._equal_rows(rows)
+    labels = backends._equal_rows(rows)
     assert torch.equal(labels.unsqueeze(0) == labels.unsqueeze(1), (rows.unsqueeze(0) == rows.unsqueeze(1)).all(2))
     firsts = [int(labels[i]) for i in range(len(rows)) if int(labels[i]) not in labels[:i]]
     assert firsts == list(range(len(firsts)))
@@ -104,18 +105,18 @@ def test_the_cpp_forward_sums_alike_by_unit_and_by_input_bit_for_bit(cpp_kernels
     assert (plan.by_unit[4] * 6 <= u).all() == (masks != "random")  # grouped: summed in chunks of units
     assert len(plan.by_unit[4]) == (1 if masks == "grouped alike" else n)
     w, bias = torch.randn(n, u * k), torch.randn(n, u)
-    by_unit, by_input = (sd._kernels().sparse_forward(x, w, bias, *plan.inverse, *plan.by_unit, by_unit=path)
+    by_unit, by_input = (backends._kernels().sparse_forward(x, w, bias, *plan.inverse, *plan.by_unit, by_unit=path)
                          for path in (1, 0))
     assert torch.equal(by_unit.view(torch.int32), by_input.view(torch.int32))
-    assert torch.equal(by_unit, sd._kernels().sparse_forward(x, w, bias, *plan.inverse, *plan.by_unit))
+    assert torch.equal(by_unit, backends._kernels().sparse_forward(x, w, bias, *plan.inverse, *plan.by_unit))
     # Weights that do not learn are read from a copy grouped for the forward, at the update's
     # batch and at acting's batch of one; a learning weight is never copied.
-    grouped = sd._grouped_weights(w, plan)
-    assert sd._grouped_weights(w.clone().requires_grad_(), plan) is None
+    grouped = backends._grouped_weights(w, plan)
+    assert backends._grouped_weights(w.clone().requires_grad_(), plan) is None
     for xs in (x, x[:, :, :1].contiguous()):
-        reference = sd._kernels().sparse_forward(xs, w, bias, *plan.inverse, *plan.by_unit, by_unit=0)
+        reference = backends._kernels().sparse_forward(xs, w, bias, *plan.inverse, *plan.by_unit, by_unit=0)
         for path in (-1, 1):
-            mine = sd._kernels().sparse_forward(xs, w, bias, *plan.inverse, *plan.by_unit, by_unit=path,
+            mine = backends._kernels().sparse_forward(xs, w, bias, *plan.inverse, *plan.by_unit, by_unit=path,
                                                 grouped_w=grouped)
             assert torch.equal(mine.view(torch.int32), reference.view(torch.int32))
 
@@ -129,7 +130,7 @@ def test_the_cpp_relu_gradient_is_torchs_bit_for_bit_in_either_layout(cpp_kernel
     out[0, :5] = 0.0
     for grad_out in (torch.randn(3, 32, 37).transpose(1, 2), torch.randn(3, 37, 32)):
         grad_out[1, 2, :4] = torch.tensor([-0.0, float("nan"), 0.0, -0.0])
-        mine = sd._kernels().relu_grad(out, grad_out)
+        mine = backends._kernels().relu_grad(out, grad_out)
         assert mine.is_contiguous()
         assert torch.equal(mine.view(torch.int32), torch.where(out > 0, grad_out, 0.0).view(torch.int32))
 
@@ -254,7 +255,7 @@ def test_centred_rmsprop_matches_torch_and_survives_constant_gradients():
 @pytest.mark.parametrize("kernels", ["cpp", "torch"])
 def test_the_optimisers_l1_term_is_autograds_penalty_gradient_bit_for_bit(kernels, monkeypatch, request):
     if kernels == "torch":
-        monkeypatch.setattr(sd, "_kernels", lambda: None)
+        monkeypatch.setattr(backends, "_kernels", lambda: None)
     else:
         request.getfixturevalue("cpp_kernels")
     torch.manual_seed(2)

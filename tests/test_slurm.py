@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import sparse_dqn as sd
+from study import profiles, store, sweep as sweeps
 from conftest import skip_unless_installed
 
 DAEMONS = ["munged", "mungekey", "slurmctld", "slurmd", "sbatch", "sinfo"]
@@ -104,9 +105,9 @@ def test_a_smoke_sweep_on_slurm_equals_the_same_sweep_run_locally(slurm, tmp_pat
     local = subprocess.run([sys.executable, MODULE, *common, "--out", str(tmp_path / "local")],
                            capture_output=True, text=True, timeout=900)
     assert local.returncode == 0, local.stderr[-3000:]
-    on_slurm, here = (sd.load_results(tmp_path / d) for d in ("slurm", "local"))
+    on_slurm, here = (store.load_results(tmp_path / d) for d in ("slurm", "local"))
     assert len(here) > 0 and len(on_slurm) == len(here)
-    runs = len(sd.profile_runs("smoke", ["breakout"]))
+    runs = len(profiles.profile_runs("smoke", ["breakout"]))
     assert on_slurm["key"].nunique() * 1 == here["key"].nunique()
     assert len(list((tmp_path / "slurm").glob("*/seed_*.json"))) == runs
     cols = ["key", "seed", "episode", "frame", "return"]
@@ -115,11 +116,11 @@ def test_a_smoke_sweep_on_slurm_equals_the_same_sweep_run_locally(slurm, tmp_pat
 
 def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(slurm, tmp_path, monkeypatch):
     monkeypatch.setenv("SLURM_CONF", slurm["SLURM_CONF"])
-    population = [(sd.profile_config("smoke", env="breakout", arch=a, frames=4_000, checkpoint_every=500), s)
+    population = [(profiles.profile_config("smoke", env="breakout", arch=a, frames=4_000, checkpoint_every=500), s)
                   for a in ("spatial", "dense") for s in (0, 1)]
     out = tmp_path / "slurm"
-    ex = sd.slurm_executor(out, timeout_min=20, cpus_per_task=2)
-    job = ex.submit(sd.SweepJob(population, str(out)))
+    ex = sweeps.slurm_executor(out, timeout_min=20, cpus_per_task=2)
+    job = ex.submit(sweeps.SweepJob(population, str(out)))
     checkpoints = out / ".checkpoints"
     deadline = time.monotonic() + 600
     while not list(checkpoints.glob("[!.]*.pt")):  # a finished checkpoint, not a temporary
@@ -137,7 +138,7 @@ def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(slurm, tmp_
     assert job.result() == len(population)
     stdout = "\n".join(p.read_text() for p in (out / ".submitit").glob("*_log.err"))
     assert "requeued" in stdout.lower() or "requeue" in stdout.lower(), stdout[-2000:]
-    resumed = [sd.load_run(out, c, s) for c, s in population]
+    resumed = [store.load_run(out, c, s) for c, s in population]
     assert all(r is not None and r.resumed_at for r in resumed)
     uninterrupted = sd.train_runs(population, None, progress=False)
     for a, b in zip(resumed, uninterrupted):
@@ -148,7 +149,7 @@ def test_a_jobs_scontrol_outlives_the_sigterm_of_its_own_requeue(tmp_path):
     """submitit's requeue runs scontrol inside the job, and Slurm's SIGTERM to the job may reach
     it first: the scontrol that slurm_executor puts first on a job's PATH ignores it and runs the
     next scontrol on the PATH. Needs no Slurm: the next scontrol is a stand-in."""
-    shim = sd.scontrol_shim(tmp_path / "runs" / ".submitit").parent
+    shim = sweeps.scontrol_shim(tmp_path / "runs" / ".submitit").parent
     real = tmp_path / "real"
     real.mkdir()
     (real / "scontrol").write_text('#!/bin/sh\nsleep 1\necho "requeue $1 $2"\n')

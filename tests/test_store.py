@@ -11,6 +11,8 @@ import pytest
 import torch
 
 import sparse_dqn as sd
+from engine import backends
+from study import profiles, store, sweep as sweeps
 
 SMALL = dict(frames=3_000, learning_starts=300, replay_size=2_000, target_update=100,
              eps_decay_frames=1_000, hidden_units=400, log_every=500, checkpoint_every=500)
@@ -73,7 +75,7 @@ def test_a_signal_stops_the_command_at_its_next_block_with_a_checkpoint_and_the_
     cfg = sd.Config(arch="spatial", **stop_late)
     whole = sd.train(cfg, [0, 1], progress=False)
     for b in whole:
-        a = sd.load_run(tmp_path, cfg, b.seed)
+        a = store.load_run(tmp_path, cfg, b.seed)
         assert a.resumed_at == [saved]
         assert (a.episode_frames, a.episode_returns) == (b.episode_frames, b.episode_returns)
 
@@ -81,7 +83,7 @@ def test_a_signal_stops_the_command_at_its_next_block_with_a_checkpoint_and_the_
 def test_a_corrupt_stored_run_is_reported_set_aside_and_recomputed(tmp_path):
     cfg = sd.Config(arch="dense", frames=400, learning_starts=200, replay_size=500, hidden_units=400)
     first = sd.train(cfg, [0], tmp_path, progress=False)[0]
-    path = sd.result_path(tmp_path, cfg, 0)
+    path = store.result_path(tmp_path, cfg, 0)
     path.write_text(path.read_text()[:100])  # truncated, as by a full disk
     with pytest.warns(UserWarning, match=str(path)):
         again = sd.train(cfg, [0], tmp_path, progress=False)[0]
@@ -91,7 +93,7 @@ def test_a_corrupt_stored_run_is_reported_set_aside_and_recomputed(tmp_path):
     stored = json.loads(path.read_text())
     assert stored["seed"] == 0  # rewritten whole
     # what a reader needs to judge bit-level agreement: MKL's dense matmuls round per processor type
-    assert stored["provenance"]["cpu"] == sd._cpu_name() and stored["provenance"]["threads"] >= 1
+    assert stored["provenance"]["cpu"] == backends._cpu_name() and stored["provenance"]["threads"] >= 1
 
 
 def test_the_store_key_survives_edits_that_leave_training_alone(tmp_path):
@@ -106,7 +108,7 @@ def test_the_store_key_survives_edits_that_leave_training_alone(tmp_path):
 
 def test_the_study_book_refuses_to_train_and_names_what_is_missing(tmp_path):
     store = tmp_path / "results" / "study"
-    cfg, seed = sd.profile_runs("study")[0]
+    cfg, seed = profiles.profile_runs("study")[0]
     stale = store / f"{cfg.env}_{cfg.arch}_{cfg.regime}_0123456789ab" / f"seed_{seed}.json"
     stale.parent.mkdir(parents=True)  # a run stored under an older algorithm version
     stale.write_text(json.dumps({"config": sd.dataclasses.asdict(cfg), "algorithm_version": 1}))
@@ -114,39 +116,39 @@ def test_the_study_book_refuses_to_train_and_names_what_is_missing(tmp_path):
     other.parent.mkdir()  # the same arch, regime and seed in another experiment: not stale
     other.write_text(json.dumps({"config": sd.dataclasses.asdict(sd.dataclasses.replace(cfg, lr=1e-3)),
                                  "algorithm_version": sd.ALGORITHM_VERSION}))
-    line = sd.missing_runs("study", store)
-    total = len(sd.profile_runs("study"))
+    line = profiles.missing_runs("study", store)
+    total = len(profiles.profile_runs("study"))
     assert f"{total} of {total} runs of profile study are missing" in line
     assert "1 stored under another algorithm version" in line
     assert "python sparse_dqn.py sweep --profile study" in line
     proc = subprocess.run([sys.executable, str(Path(sd.__file__).parent / "tools" / "build_book.py"),
                            "--profile", "study", "--root", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines() == [f"error: {sd.missing_runs('study', store)}"]
+    assert proc.stderr.strip().splitlines() == [f"error: {profiles.missing_runs('study', store)}"]
     assert not (tmp_path / "executed").exists()  # stopped before any notebook ran
 
 
 def test_sweeps_sharing_a_store_train_each_run_once_and_a_killed_worker_holds_nothing(tmp_path):
-    runs = sd.profile_runs("smoke", ["breakout"])
-    first = sd.plan_populations(runs, 4)[0]
-    with sd.claimed(tmp_path, first) as holder:  # another worker is training the first population
+    runs = profiles.profile_runs("smoke", ["breakout"])
+    first = sweeps.plan_populations(runs, 4)[0]
+    with store.claimed(tmp_path, first) as holder:  # another worker is training the first population
         assert holder is None
-        sd.sweep("smoke", ["breakout"], tmp_path, max_agents=4, progress=False)
-    stored = {run for run in runs if sd.load_run(tmp_path, *run) is not None}
+        sweeps.sweep("smoke", ["breakout"], tmp_path, max_agents=4, progress=False)
+    stored = {run for run in runs if store.load_run(tmp_path, *run) is not None}
     assert stored == set(runs) - set(first)
 
     cfg, seed = first[0]
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, sparse_dqn as sd; c = sd.claimed(sys.argv[1], "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, sparse_dqn as sd; from study import store; c = store.claimed(sys.argv[1], "
                                f"[(sd.Config(**{sd.dataclasses.asdict(cfg)!r}), {seed})]); c.__enter__(); "
                                "print('held', flush=True); sys.stdin.read()", str(tmp_path)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
-    with sd.claimed(tmp_path, first) as line:
+    with store.claimed(tmp_path, first) as line:
         assert line is not None and f"pid {holder.pid} on" in line
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    sd.sweep("smoke", ["breakout"], tmp_path, max_agents=4, progress=False)
-    assert all(sd.load_run(tmp_path, *run) is not None for run in runs)
+    sweeps.sweep("smoke", ["breakout"], tmp_path, max_agents=4, progress=False)
+    assert all(store.load_run(tmp_path, *run) is not None for run in runs)
 
 
 def test_a_live_study_notebook_refuses_to_train_and_the_committed_study_is_whole(tmp_path):
@@ -156,7 +158,7 @@ def test_a_live_study_notebook_refuses_to_train_and_the_committed_study_is_whole
     chapter = bk.Chapter("03_frozen", "study", str(tmp_path))
     with pytest.raises(RuntimeError, match="runs of profile study are missing") as err:
         chapter.runs(["spatial"], ["frozen"])
-    assert str(err.value) == sd.missing_runs("study", tmp_path)
+    assert str(err.value) == profiles.missing_runs("study", tmp_path)
     assert not list(tmp_path.iterdir())  # nothing trained, nothing written
     # `make book` renders results/study by default: every run of the profile is committed there
-    assert sd.missing_runs("study", Path(sd.__file__).parent / "results" / "study") is None
+    assert profiles.missing_runs("study", Path(sd.__file__).parent / "results" / "study") is None

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import sparse_dqn as sd
+from study import store
 
 TINY = dict(frames=1_200, learning_starts=300, replay_size=1_000, target_update=100,
             eps_decay_frames=500, hidden_units=400, pan_frames=1_000, log_every=400)
@@ -80,7 +81,7 @@ def test_result_store_round_trip_and_reuse(tmp_path):
     again = sd.train(cfg, [0, 1], tmp_path, progress=False)
     assert all(r.params is None for r in again)  # loaded, not recomputed
     assert [r.episode_returns for r in again] == [r.episode_returns for r in first]
-    df = sd.load_results(tmp_path)
+    df = store.load_results(tmp_path)
     assert set(df.columns) >= {"env", "arch", "regime", "seed", "episode", "frame", "return"}
     assert len(df) == sum(len(r.episode_returns) for r in first)
     assert json.loads(files[0].read_text())["config"]["arch"] == "dense"

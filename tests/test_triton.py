@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import sparse_dqn as sd
+from engine import backends
 import test_games
 from test_network import dense_masked, random_masks
 
@@ -124,10 +125,10 @@ def test_training_hands_the_gpus_layer_bools_and_gets_the_runs_of_floats(device,
     replay's bool observations, against the same loop given floats."""
     cfg = sd.Config(env="space_invaders", frames=240, learning_starts=200, replay_size=300, target_update=20,
                     eps_decay_frames=20, hidden_units=48, pan_frames=1_000, log_every=100)
-    monkeypatch.setattr(sd, "_kernels", lambda: None)
+    monkeypatch.setattr(backends, "_kernels", lambda: None)
     monkeypatch.setattr(sd, "sparse_plan", functools.partial(sd.sparse_plan, masked_dense=True))
     layer_inputs = []
-    monkeypatch.setattr(sd._SparseReluTriton, "forward", lambda ctx, x, *a, f=sd._SparseReluTriton.forward:
+    monkeypatch.setattr(backends._SparseReluTriton, "forward", lambda ctx, x, *a, f=backends._SparseReluTriton.forward:
                         layer_inputs.append(x.dtype) or f(ctx, x, *a))
     bools = sd.train(cfg, [0, 1], progress=False)
     assert torch.bool in layer_inputs
@@ -166,8 +167,8 @@ def test_every_kernel_training_launches_compiles_for_an_h100_without_one(tmp_pat
 @pytest.fixture
 def triton_games(device, monkeypatch):
     """The device on which new games step and observe in the Triton kernels."""
-    monkeypatch.setattr(sd, "_kernels", lambda: None)  # the C++ kernels would take CPU games first
-    assert sd.game_kernels(torch.device(device), None) is sd._triton()
+    monkeypatch.setattr(backends, "_kernels", lambda: None)  # the C++ kernels would take CPU games first
+    assert backends.game_kernels(torch.device(device), None) is backends._triton()
     return device
 
 
@@ -176,7 +177,7 @@ def test_the_triton_games_match_minatar_frame_by_frame(triton_games, env):
     """test_games' random play, fewer episodes under the interpreter; with ended episodes reset
     among running ones, and the same stream of draws for both."""
     twins = test_games.random_play(env, None, triton_games, agents=16, episodes=200 if GPU else 100)
-    assert twins.game._kernels is sd._triton()
+    assert twins.game._kernels is backends._triton()
 
 
 def test_the_triton_breakout_clears_every_brick_and_the_wall_refills(triton_games):
@@ -216,13 +217,13 @@ def test_the_triton_optimiser_step_is_centred_rmsprops_with_its_l1_term(device, 
     opt = sd.CentredRMSprop([ours], lr=2.5e-4, alpha=0.95, eps=0.01, l1={0: coef.to(device)})
     ref_opt = sd.CentredRMSprop([reference], lr=2.5e-4, alpha=0.95, eps=0.01, l1={0: coef})
     with monkeypatch.context() as torch_path:
-        torch_path.setattr(sd, "_kernels", lambda: None)
+        torch_path.setattr(backends, "_kernels", lambda: None)
         torch_path.delenv("TRITON_INTERPRET", raising=False)
-        assert sd._triton_for(reference) is None
-    monkeypatch.setattr(sd, "_kernels", lambda: None)  # the C++ step would take CPU tensors first
+        assert backends._triton_for(reference) is None
+    monkeypatch.setattr(backends, "_kernels", lambda: None)  # the C++ step would take CPU tensors first
     calls = []
-    monkeypatch.setattr(sd._triton(), "centred_rmsprop_step",
-                        lambda *a, f=sd._triton().centred_rmsprop_step: calls.append(1) or f(*a))
+    monkeypatch.setattr(backends._triton(), "centred_rmsprop_step",
+                        lambda *a, f=backends._triton().centred_rmsprop_step: calls.append(1) or f(*a))
     for step in range(40):
         g = torch.randn(3, 40, 50) * 1e-3
         ours.grad = g.to(device)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import sparse_dqn as sd
+from study import store
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(frames=300, learning_starts=100, eps_decay_frames=100, replay_size=300, target_update=50,
@@ -37,22 +38,22 @@ def test_a_registered_mask_trains_beside_built_ins_and_is_the_mask_used(registry
     same, shift, spatial = (r.params["hidden_w"] for r in runs)
     assert torch.equal(same, spatial) and runs[0].episode_returns == runs[2].episode_returns
     assert not torch.equal(shift, spatial)
-    assert set(sd.load_results(tmp_path).arch) == set(archs)
+    assert set(store.load_results(tmp_path).arch) == set(archs)
 
 
 def test_a_changed_mask_never_reuses_old_runs(registry, tmp_path):
     sd.register_mask("shift", shifted(1))
     cfg = sd.Config(arch="shift", **TINY)
-    first = sd.result_path(tmp_path, cfg, 0)
+    first = store.result_path(tmp_path, cfg, 0)
     sd.train(cfg, [0], tmp_path, progress=False)
     assert first.exists()
     sd.register_mask("shift", shifted(2))
-    second = sd.result_path(tmp_path, cfg, 0)
+    second = store.result_path(tmp_path, cfg, 0)
     assert second != first and not second.exists()
     run = sd.train(cfg, [0], tmp_path, progress=False)[0]
     assert second.exists() and first.exists() and run.seed == 0
     sd.register_mask("shift", shifted(1))
-    assert sd.result_path(tmp_path, cfg, 0) == first  # the same contents find the same run
+    assert store.result_path(tmp_path, cfg, 0) == first  # the same contents find the same run
 
 
 @pytest.mark.parametrize("fn, message", [

@@ -22,6 +22,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import sparse_dqn as sd  # noqa: E402
+from study import profiles, store  # noqa: E402
 
 NPM_PACKAGES = ["@jupyter-widgets/html-manager@1.0.7", "requirejs@2.3.8", "mathjax@3.2.2", "anywidget@0.11.0"]
 # RequireJS paths for the widget manager: anywidget's AMD build is ours, not a CDN's, and the
@@ -86,7 +87,7 @@ def fraction(part: int, whole: int) -> str:
 
 def scale_statement(profile: str) -> dict:
     """What the intro says of this build's scale, beside the `paper` profile's."""
-    p, paper = sd.PROFILES[profile], sd.PROFILES["paper"]
+    p, paper = profiles.PROFILES[profile], profiles.PROFILES["paper"]
     seeds = f"{len(p.seeds)} seed" + "s" * (len(p.seeds) != 1)
     scale = (f"This book was built with the `{profile}` profile: every agent trains for {p.frames:,} frames, "
              f"{fraction(p.frames, paper.frames)} of the `paper` profile's {paper.frames:,}, with {seeds} per "
@@ -119,7 +120,7 @@ def build_config(root: Path, profile: str, offline: bool) -> Path:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--profile", default="study", help="one of " + ", ".join(sd.PROFILES))
+    parser.add_argument("--profile", default="study", help="one of " + ", ".join(profiles.PROFILES))
     parser.add_argument("--root", type=Path, default=ROOT,
                         help="where the book is assembled, its results stored and built (default: the repo)")
     parser.add_argument("--source", type=Path, default=ROOT,
@@ -128,15 +129,15 @@ def main():
 
     start = time.perf_counter()
     root, source = args.root.resolve(), args.source.resolve()
-    if args.profile not in sd.PROFILES:
-        sys.exit(f"error: PROFILE={args.profile!r} is not a profile; expected one of {', '.join(sd.PROFILES)}")
+    if args.profile not in profiles.PROFILES:
+        sys.exit(f"error: PROFILE={args.profile!r} is not a profile; expected one of {', '.join(profiles.PROFILES)}")
     results_dir = root / "results" / args.profile
     try:
-        sd.check_results_dir(results_dir)
+        store.check_results_dir(results_dir)
     except ValueError as err:
         sys.exit(f"error: {err}")
-    if not sd.PROFILES[args.profile].trains_in_book:
-        problem = sd.missing_runs(args.profile, results_dir)
+    if not profiles.PROFILES[args.profile].trains_in_book:
+        problem = profiles.missing_runs(args.profile, results_dir)
         if problem:
             sys.exit(f"error: {problem}")
     offline = fetch_static(root / "_vendor")

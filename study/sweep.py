@@ -1,0 +1,155 @@
+"""Sweeps: every run a profile's notebooks need, in populations, on this machine or on Slurm."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import sparse_dqn as sd
+from study.profiles import profile_runs
+from study.store import check_results_dir, claimed, load_run
+
+
+def plan_populations(runs: Sequence[tuple[sd.Config, int]], max_agents: int) -> list[list[tuple[sd.Config, int]]]:
+    """Runs grouped into populations of one game, at most max_agents each, in the order of their
+    first runs, each run in the population of its game that was open when it came."""
+    populations, open_ = [], {}
+    for run in runs:
+        env = run[0].env
+        if env not in open_ or len(open_[env]) == max_agents:
+            open_[env] = []
+            populations.append(open_[env])
+        open_[env].append(run)
+    return populations
+
+
+class SweepJob:
+    """One population of a sweep as a callable, for submitit: rerun after preemption or a time
+    limit, it resumes from the population's checkpoint."""
+
+    def __init__(self, runs, results_dir, masks=None):
+        self.runs, self.results_dir = runs, str(results_dir)
+        self.masks = masks if masks is not None else {c.arch: sd.MASKS[c.arch] for c, _ in runs if c.arch in sd.MASKS}
+
+    def __call__(self) -> int:
+        for name, fn in self.masks.items():  # a fresh Python on the cluster knows only the built-ins
+            sd.MASKS.setdefault(name, fn)
+        with claimed(self.results_dir, self.runs) as holder:
+            if holder:  # another sweep trains these runs
+                print(f"skipped: {holder}", file=sys.stderr)
+                return 0
+            return len(sd.train_runs(self.runs, self.results_dir, progress=False))
+
+    def checkpoint(self, *args, **kwargs):
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(SweepJob(self.runs, self.results_dir, self.masks))
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min" if seconds < 5400 else f"{seconds / 3600:.1f} hours"
+
+
+def measured_rate(population: Sequence[tuple[sd.Config, int]], frames: int = 200) -> float:
+    """Agent-steps/s of this population's learning frames, from a short run of its shape: its
+    set-up (PAN and replay cut short) and its random play before learning are not timed."""
+    short = [(dataclasses.replace(c, frames=2 * frames, learning_starts=frames, log_every=frames,
+                                  replay_size=min(c.replay_size, 10_000), pan_frames=min(c.pan_frames, 5_000)), s)
+             for c, s in population]
+    marks = []  # the loop reports when it starts and after each block: learning is the last block
+    sd.train_runs(short, None, progress=lambda _: marks.append(time.perf_counter()))
+    return len(short) * frames / (marks[-1] - marks[-2])
+
+
+def sweep(profile: str, envs: Sequence[str], results_dir: str | Path, max_agents: int = 64,
+          executor: str = "local", dry_run: bool = False, slurm: dict | None = None, progress: bool = True,
+          device: str = "cpu", extra_archs: Sequence[str] = ()):
+    """Train every run of a profile that results_dir lacks (resuming checkpointed populations),
+    grouped into populations of at most max_agents; or, with dry_run, print the plan and its
+    expected time from a short measured rate. Returns the populations it planned."""
+    runs = profile_runs(profile, envs, extra_archs, device=device)
+    todo = [r for r in runs if load_run(results_dir, *r) is None]
+    populations = plan_populations(todo, max_agents)
+    steps = sum(c.frames for c, _ in todo)
+    if dry_run:
+        print(f"{profile}: {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to train in "
+              f"{len(populations)} populations ({steps:,} agent-steps)")
+        rates, total = {}, 0.0
+        for i, pop in enumerate(populations):
+            members = tuple(sorted(f"{c.arch}/{c.regime}" for c, _ in pop))
+            shape = (pop[0][0].env, members)
+            if shape not in rates:  # populations differ many times over in speed: each shape is timed
+                rates[shape] = measured_rate(pop)
+            seconds = sum(c.frames for c, _ in pop) / rates[shape]
+            total += seconds
+            print(f"  population {i}: {pop[0][0].env}, {len(pop)} agents: {', '.join(sorted(set(members)))}; measured "
+                  f"{rates[shape]:,.0f} agent-steps/s, about {_duration(seconds)}", flush=True)
+        if populations:
+            print(f"about {_duration(total)} on this machine for one sweep; sweeps sharing the results "
+                  "directory split the populations between them")
+        return populations
+    check_results_dir(results_dir)
+    if executor == "slurm":
+        return _sweep_slurm(populations, results_dir, slurm or {})
+    from tqdm import tqdm
+
+    bar = tqdm(total=sum(c.frames for c, _ in runs), initial=sum(c.frames for c, _ in runs) - steps,
+               unit="agent-frame", unit_scale=True, desc=f"sweep {profile}", file=sys.stderr,
+               mininterval=5.0, disable=not progress)
+    try:
+        for pop in populations:
+            with claimed(results_dir, pop) as holder:
+                if holder:
+                    tqdm.write(f"skipped a population of {len(pop)} that another worker trains ({holder})",
+                               file=sys.stderr)
+                    continue
+                sd.train_runs(pop, results_dir, progress=bar.update)
+    finally:
+        bar.close()
+    return populations
+
+
+# submitit requeues a preempted job by running `scontrol requeue` inside it. Slurm then sends
+# SIGTERM to the job's processes, scontrol among them, and when that arrives before scontrol exits
+# submitit takes the requeue for a failure and writes the job's result as an error (seen on a
+# one-node test cluster). Jobs find this scontrol first on their PATH: it ignores SIGTERM.
+SCONTROL_IGNORING_SIGTERM = """#!/bin/sh
+trap '' TERM
+PATH=${PATH#*:}
+exec scontrol "$@"
+"""
+
+
+def scontrol_shim(folder: str | Path) -> Path:
+    """Write the scontrol that ignores SIGTERM (SCONTROL_IGNORING_SIGTERM) into folder/bin."""
+    shim = Path(folder) / "bin" / "scontrol"
+    shim.parent.mkdir(parents=True, exist_ok=True)
+    shim.write_text(SCONTROL_IGNORING_SIGTERM)
+    shim.chmod(0o755)
+    return shim
+
+
+def slurm_executor(results_dir: str | Path, **options):
+    """submitit's Slurm executor for this module's jobs (SweepJob): logs and pickles under
+    results_dir/.submitit, this module on the jobs' PYTHONPATH; options go to update_parameters."""
+    import submitit
+
+    folder = Path(results_dir) / ".submitit"
+    shim = scontrol_shim(folder)
+    ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    here = str(Path(__file__).resolve().parent)
+    ex.update_parameters(slurm_setup=[f"export PYTHONPATH={here}${{PYTHONPATH:+:$PYTHONPATH}}",
+                                      f"export PATH={shim.parent.resolve()}:$PATH"], **options)
+    return ex
+
+
+def _sweep_slurm(populations, results_dir, options: dict):
+    """One Slurm job per population through submitit; a preempted or timed-out job is requeued
+    and resumes from its checkpoint. Waits for every job."""
+    ex = slurm_executor(results_dir, **{k: v for k, v in options.items() if v is not None})
+    jobs = [ex.submit(SweepJob(pop, str(Path(results_dir).resolve()))) for pop in populations]
+    for job in jobs:
+        job.result()
+    return populations
