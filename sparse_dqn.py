@@ -19,6 +19,8 @@ import functools
 import hashlib
 import json
 import math
+import numbers
+import os
 import sys
 import time
 from collections import defaultdict
@@ -100,6 +102,12 @@ class Config:
         def bad(name, allowed):
             raise ValueError(f"{name}={getattr(self, name)!r} is not allowed; expected {allowed}")
 
+        for f in dataclasses.fields(self):  # the API takes what the command line takes
+            value, kind = getattr(self, f.name), {"int": numbers.Integral, "float": numbers.Real,
+                                                 "bool": bool, "str": str}[f.type]
+            if not isinstance(value, kind) or (f.type in ("int", "float") and isinstance(value, bool)):
+                bad(f.name, f"{'an' if f.type == 'int' else 'a'} {f.type}")
+
         if self.env not in CHANNELS:
             bad("env", "one of " + ", ".join(CHANNELS))
         if self.arch not in ARCHS and self.arch not in MASKS:
@@ -173,6 +181,10 @@ class Config:
         blob = json.dumps(fields, sort_keys=True) + f"/v{ALGORITHM_VERSION}"
         return f"{self.env}_{self.arch}_{self.regime}_" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
+
+# Config fields added after runs were stored, each with the value that reproduces how older files
+# were made; a stored config that lacks any other field, or has one Config does not, is refused.
+FIELDS_ADDED: dict = {}
 
 # Fields that every agent of one population must share: they set the lockstep loop and replay.
 SHARED_FIELDS = ("env", "frames", "replay_size", "batch_size", "learning_starts", "eps_start",
@@ -541,7 +553,14 @@ class RunResult:
 
     @classmethod
     def from_json(cls, blob: dict) -> "RunResult":
-        blob = dict(blob, config=Config(**blob["config"]))
+        """A run from its stored form. Its config must name every Config field, but those in
+        FIELDS_ADDED, which older files lack and load as the value they were made with."""
+        fields = {f.name for f in dataclasses.fields(Config)}
+        stored = dict(blob["config"])
+        unknown, missing = set(stored) - fields, fields - set(stored) - set(FIELDS_ADDED)
+        if unknown or missing:
+            raise ValueError(f"config fields {sorted(unknown)} unknown, {sorted(missing)} missing")
+        blob = dict(blob, config=Config(**{**FIELDS_ADDED, **stored}))
         blob["episode_returns"] = [float(r) for r in blob["episode_returns"]]
         if "code_version" in blob:  # stored before results were keyed by algorithm version
             del blob["code_version"]
@@ -890,8 +909,11 @@ def _progress(frames: int, agents: int, enabled: bool, initial: int = 0):
 
 
 def check_device(device: str):
-    """Refuse, before any work, a device that this machine cannot allocate on."""
+    """Refuse, before any work, a device that cannot train here: not a CPU or a CUDA device (a
+    meta tensor holds no numbers), or one this machine cannot allocate on."""
     try:
+        if torch.device(device).type not in ("cpu", "cuda"):
+            raise RuntimeError(f"a {torch.device(device).type} device holds no trainable tensors here")
         torch.empty(1, device=device)
     except (RuntimeError, AssertionError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -908,64 +930,79 @@ def train(configs: Config | Sequence[Config], seeds: Sequence[int], results_dir:
     Frozen L1 agents first need the learned L1 run of the same game and seed: it is loaded, or
     trained in the same call."""
     configs = [configs] if isinstance(configs, Config) else list(configs)
+    seeds = list(seeds)
+    if not seeds or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise ValueError(f"seeds={seeds!r} is not allowed; expected a non-empty list of integers >= 0")
     wanted = [(cfg, int(s)) for cfg in configs for s in seeds]
-    if not wanted:
-        raise ValueError("seeds=[] is not allowed; expected at least one seed")
     return train_runs(wanted, results_dir, progress)
 
 
 def train_runs(wanted: Sequence[tuple[Config, int]], results_dir=None,
-               progress: bool | Callable[[int], None] = True) -> list[RunResult]:
+               progress: bool | Callable[[int], None] = True, wait: bool = True) -> list[RunResult | None]:
     """train() for any list of (config, seed) pairs of one game. progress may be a function, called
-    with the agent-frames done as they are done (a sweep's one progress bar)."""
-    from study.store import Store  # the store reads RunResult and Config: it imports this module
-
+    with the agent-frames done as they are done (a sweep's one progress bar). With a store, a run
+    that another process is training is waited for and loaded (or, if its holder dies first,
+    trained here); with wait=False it is left to its holder and returned as None."""
     wanted = list(wanted)
     _check_population(wanted)
     check_device(wanted[0][0].device)
-    store = results_dir if results_dir is None or isinstance(results_dir, Store) else Store(results_dir)
-    if store is not None:
-        store.check_writable()
+    store = results_dir
+    if isinstance(results_dir, (str, os.PathLike)):
+        from study.store import Store  # the store reads RunResult and Config: it imports this module
+
+        store = Store(results_dir)
     done = {}
-    if store is not None:
-        for cfg, seed in wanted:
-            run = store.load(cfg, seed)
-            if run is not None:
-                done[(cfg, seed)] = run
 
     def needs_l1_source(cfg):
         return cfg.arch == "l1" and cfg.regime == "frozen"
 
-    sources = {(dataclasses.replace(cfg, regime="learned"), s) for cfg, s in wanted
-               if needs_l1_source(cfg) and (cfg, s) not in done}
-    for src in sources:
-        if src not in done and store is not None:
-            run = store.load(*src)
-            if run is not None:
-                done[src] = run
-    first = [a for a in dict.fromkeys(wanted + sorted(sources, key=str))
-             if a not in done and not needs_l1_source(a[0])]
-    for pair, run in zip(first, _train_and_save(first, store, progress)):
-        done[pair] = run
-    second = [a for a in wanted if a not in done]
-    if second:
-        masks = {a: torch.tensor(done[(dataclasses.replace(a[0], regime="learned"), a[1])].mask)
-                 for a in second}
-        for pair, run in zip(second, _train_and_save(second, store, progress, masks)):
+    def source(pair):
+        return dataclasses.replace(pair[0], regime="learned"), pair[1]
+
+    sources = sorted({source(a) for a in wanted if needs_l1_source(a[0])}, key=str)
+    for pair in dict.fromkeys(wanted + sources) if store is not None else ():
+        run = store.load(*pair)
+        if run is not None:
             done[pair] = run
-    return [done[a] for a in wanted]
+    first = [a for a in dict.fromkeys(wanted + sources) if a not in done and not needs_l1_source(a[0])]
+    _train_stored(first, store, progress, wait, done)
+    second = [a for a in wanted if needs_l1_source(a[0]) and a not in done and source(a) in done]
+    masks = {a: torch.tensor(done[source(a)].mask) for a in second}
+    _train_stored(second, store, progress, wait, done, masks)
+    return [done.get(a) for a in wanted]
 
 
-def _train_and_save(agents, store, progress, l1_masks=None) -> list[RunResult]:
+def _train_stored(agents, store, progress, wait, done, l1_masks=None):
+    """Train the agents as one population and add their runs to done; with a store, each run once
+    across every process sharing it (study.store.claimed): first those no one else holds, then,
+    with wait, each of the rest once its holder lets go, if it left it unmade."""
     if not agents:
-        return []
-    checkpoint = store.checkpoint(agents) if store is not None else None
-    runs = train_population(agents, progress, l1_masks, checkpoint)
-    if store is not None:
-        for run in runs:
-            store.save(run)
-        checkpoint.remove()
-    return runs
+        return
+    if store is None:
+        done.update(zip(agents, train_population(agents, progress, l1_masks)))
+        return
+    store.check_writable()  # a read-only store still serves the runs it holds
+    pending, block = list(agents), False
+    while pending:
+        with store.claimed(pending, wait=block) as (mine, others):
+            for pair in mine:  # another process may have finished it since it was looked up
+                run = store.load(*pair)
+                if run is not None:
+                    done[pair] = run
+            mine = [a for a in agents if a in mine and a not in done]
+            if mine:
+                checkpoint = store.checkpoint(mine)
+                runs = train_population(mine, progress, l1_masks and {a: l1_masks[a] for a in mine}, checkpoint)
+                for pair, run in zip(mine, runs):
+                    store.save(run)
+                    done[pair] = run
+                checkpoint.remove()
+        if others and not block:
+            print(f"{len(others)} run(s) held by another process: "
+                  + ("waiting for them" if wait else "left to it") + f" ({next(iter(others.values()))})",
+                  file=sys.stderr)
+        pending = [a for a in pending if a not in done] if wait else []
+        block = True
 
 
 @functools.lru_cache(maxsize=None)

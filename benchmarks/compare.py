@@ -42,9 +42,20 @@ def load_engine(name: str, rev: str | None):
     folder.mkdir(exist_ok=True)
     path = folder / f"{name}.py"
     write(path, read("sparse_dqn.py"))
-    kernels = read("sparse_kernels.cpp")
-    if kernels is not None:  # an engine with C++ kernels builds and runs its own
-        write(path.with_name("sparse_kernels.cpp"), kernels)
+    flat_kernels = read("sparse_kernels.cpp")  # before engine/: the kernels beside the module
+    if flat_kernels is not None:  # an engine with C++ kernels builds and runs its own
+        write(path.with_name("sparse_kernels.cpp"), flat_kernels)
+    elif read("engine/backends.py") is not None:
+        # engine/ and study/ import under their own names: one version laid out in packages per process
+        if any(m == "engine" or m.startswith("engine.") for m in sys.modules):
+            sys.exit(f"{rev or 'the checkout'} and another version both have engine/: compare them in two processes")
+        files = subprocess.run(["git", "ls-files", "engine", "study"] if rev is None else
+                               ["git", "ls-tree", "-r", "--name-only", rev, "engine", "study"],
+                               cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+        for file in files:
+            (folder / file).parent.mkdir(parents=True, exist_ok=True)
+            write(folder / file, read(file))
+        sys.path.insert(0, str(folder))
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
@@ -86,7 +97,7 @@ def main():
     out = {"command": "python " + " ".join(sys.argv), "machine": platform.processor() or platform.machine(),
            "torch": torch.__version__,
            "threads": torch.get_num_threads(), "baseline": args.baseline_rev,
-           "kernels": new.kernel_backend(), "results": {}}
+           "kernels": (new.backends if hasattr(new, "backends") else new).kernel_backend(), "results": {}}
     for env, arch, regime in (c.split("/") for c in args.cases):
         for n in args.populations:
             frames = max(400, args.agent_steps // n)

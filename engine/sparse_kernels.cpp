@@ -732,20 +732,6 @@ torch::Tensor sparse_grad_input(torch::Tensor grad, torch::Tensor weight, torch:
   return gx;
 }
 
-// The head alone, h (N, U, B) contiguous: for benchmarks/head_layout.py.
-torch::Tensor head_forward(torch::Tensor h, torch::Tensor weight, torch::Tensor bias) {
-  const int64_t N = h.size(0), U = h.size(1), B = h.size(2), A = weight.size(1);
-  TORCH_CHECK(h.is_contiguous() && weight.is_contiguous() && bias.is_contiguous() && A <= kMaxActions &&
-              weight.size(2) == U, "head_forward: h (N, U, B), weight (N, A <= 8, U), bias (N, A), contiguous");
-  auto q = torch::empty({N, B, A}, h.options());
-  at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t n = begin; n < end; ++n)
-      head_forward_agent(h.data_ptr<float>() + n * U * B, weight.data_ptr<float>() + n * A * U,
-                         bias.data_ptr<float>() + n * A, U, B, A, q.data_ptr<float>() + n * B * A);
-  });
-  return q;
-}
-
 // The head's gradient through the ReLU to the sparse layer's pre-activations: where out (N, U, B)
 // is positive, grad (N, B, A) @ weight (N, A, U), written units-major; elsewhere 0. Autograd's
 // bmm for it gives MKL's order, one fused multiply-add per action in action order from zero,
@@ -1281,7 +1267,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_grad_input", &sparse_grad_input);
   m.def("relu_grad", &relu_grad);
   m.def("sparse_q", &sparse_q);
-  m.def("head_forward", &head_forward);
   m.def("head_relu_grad", &head_relu_grad);
   m.def("head_grad_weight", &head_grad_weight);
   m.def("sparse_q_backward", &sparse_q_backward);

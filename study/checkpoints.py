@@ -5,6 +5,7 @@ import contextlib
 import os
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,14 @@ class Checkpoint:
             stale.unlink(missing_ok=True)
         if not self.path.exists():
             return None
-        return torch.load(self.path, map_location=device, weights_only=False)
+        try:
+            return torch.load(self.path, map_location=device, weights_only=False)
+        except Exception as err:  # truncated, corrupt, or not a checkpoint at all: torch raises many kinds
+            aside = self.path.with_name(self.path.name + ".corrupt")
+            os.replace(self.path, aside)
+            warnings.warn(f"checkpoint {self.path} is unreadable ({type(err).__name__}); set aside as "
+                          f"{aside.name}, the population starts again from frame 0", stacklevel=2)
+            return None
 
     def save(self, state: dict):
         self.path.parent.mkdir(parents=True, exist_ok=True)

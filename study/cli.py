@@ -10,7 +10,7 @@ from typing import Sequence
 import sparse_dqn as sd
 from study.checkpoints import Stopped, stop_on_signal
 from study.profiles import PROFILES
-from study.store import check_results_dir, result_path
+from study.store import check_results_dir, load_run, result_path
 from study.sweep import sweep
 
 
@@ -38,7 +38,12 @@ def load_mask_files(paths: Sequence[str | Path]):
             raise ValueError(f"--masks {str(path)!r} is not a Python file")
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as err:  # the user's file: a syntax error, a failed import, anything it raises
+            del sys.modules[spec.name]
+            where = f" (line {err.lineno})" if isinstance(err, SyntaxError) else ""
+            raise ValueError(f"--masks {str(path)!r} failed{where}: {type(err).__name__}: {err}") from None
         try:  # Slurm jobs unpickle the masks on nodes that cannot import this file by name
             import cloudpickle
 
@@ -98,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Stopped as err:
             print(err, file=sys.stderr)
             return 128 + stop.requested
+        except OSError as err:  # the store became unwritable mid-run: its last checkpoint stands
+            parser.exit(2, f"{parser.prog}: error: could not write {err.filename or 'the results'} "
+                           f"({err.strerror or err}); what was saved before stays, and the same command resumes\n")
 
 
 def _train_command(parser, args) -> int:
@@ -105,14 +113,17 @@ def _train_command(parser, args) -> int:
     try:
         cfg = sd.Config(**fields)
         sd.check_device(cfg.device)
-        check_results_dir(args.out)
+        for seed in args.seeds if cfg.arch in sd.MASKS else ():  # a registered mask, checked before any work
+            sd.user_mask(cfg, seed)
+        if any(load_run(args.out, cfg, seed) is None for seed in args.seeds):  # else a read-only store serves
+            check_results_dir(args.out)
     except ValueError as err:
         parser.error(str(err))
     runs = sd.train(cfg, args.seeds, args.out, progress=not args.no_progress)
-    for run in runs:
+    for run in runs:  # a run trained here holds its final weights; one loaded from the store does not
         print(f"{cfg.env} {cfg.arch} {cfg.regime} seed {run.seed}: {len(run.episode_returns)} episodes, "
               f"mean return of the last 100 = {run.final_return():.2f} -> "
-              f"{result_path(args.out, cfg, run.seed)}")
+              f"{result_path(args.out, cfg, run.seed)} ({'trained' if run.params is not None else 'stored already'})")
     return 0
 
 

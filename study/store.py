@@ -28,7 +28,17 @@ class Store:
         check_results_dir(self.root)
 
     def load(self, cfg: sd.Config, seed: int) -> sd.RunResult | None:
-        return load_run(self.root, cfg, seed)
+        """The stored run, or None; a bad file is set aside (where the store is writable) so that
+        training makes it again."""
+        path = result_path(self.root, cfg, seed)
+        try:
+            return read_run(path, cfg, seed)
+        except BadRun as err:
+            if os.access(path.parent, os.W_OK):
+                set_aside(path, str(err))
+            else:
+                warnings.warn(f"{path}: {err}; not used", stacklevel=2)
+            return None
 
     def save(self, run: sd.RunResult):
         _write_atomic(result_path(self.root, run.config, run.seed), run.to_json())
@@ -36,42 +46,84 @@ class Store:
     def checkpoint(self, agents: Sequence[tuple[sd.Config, int]]) -> Checkpoint:
         return Checkpoint(checkpoint_path(self.root, agents))
 
+    def claimed(self, runs: Sequence[tuple[sd.Config, int]], wait: bool = False):
+        return claimed(self.root, runs, wait)
+
 
 def result_path(results_dir: Path, cfg: sd.Config, seed: int) -> Path:
     return Path(results_dir) / cfg.key() / f"{sd.run_name(cfg, seed)}.json"
 
 
+def checksum(blob: dict) -> str:
+    """The digest a stored run carries of its own contents (all but the checksum itself)."""
+    body = {k: v for k, v in blob.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
 def _write_atomic(path: Path, blob: dict):
-    """Write to a temporary file beside the target, then rename: a reader sees all or nothing."""
+    """Write to a temporary file beside the target, then rename: a reader sees all or nothing.
+    The file carries a checksum of its contents."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".json")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(blob, f, separators=(",", ":"))
+            json.dump({**blob, "checksum": checksum(blob)}, f, separators=(",", ":"))
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
 
 
-def read_run(path: Path) -> sd.RunResult | None:
-    """A stored run, or None if it is missing. An unreadable one (truncated, corrupt) is reported
-    with its path and set aside as `<name>.corrupt`, so that it is recomputed, not trusted."""
+class BadRun(ValueError):
+    """A stored run that is not what its name says it is: unreadable, altered, or another run."""
+
+
+def read_run(path: Path, cfg: sd.Config | None = None, seed: int | None = None) -> sd.RunResult | None:
+    """A stored run, or None if it is missing. Raises BadRun, with the reason, for a file that
+    cannot be read, whose checksum does not match its contents (files stored before checksums
+    have none), whose arrays disagree, or, given cfg and seed, that records another config, seed
+    or algorithm version than the name it was asked for. Reads only: nothing is renamed."""
     path = Path(path)
     if not path.exists():
         return None
     try:
-        return sd.RunResult.from_json(json.loads(path.read_text()))
+        blob = json.loads(path.read_text())
+        if "checksum" in blob and blob["checksum"] != checksum(blob):
+            raise BadRun("its checksum does not match its contents")
+        blob.pop("checksum", None)
+        run = sd.RunResult.from_json(blob)
+    except BadRun:
+        raise
     except (ValueError, KeyError, TypeError) as err:  # JSON and Unicode errors are ValueErrors
-        aside = path.with_name(path.name + ".corrupt")
-        os.replace(path, aside)
-        warnings.warn(f"{path} is unreadable ({type(err).__name__}: {err}); set aside as {aside.name}, "
-                      "it will be recomputed", stacklevel=2)
-        return None
+        raise BadRun(f"unreadable ({type(err).__name__}: {err})") from None
+    if len(run.episode_frames) != len(run.episode_returns) or any(
+            b <= a for a, b in zip(run.episode_frames, run.episode_frames[1:])):
+        raise BadRun("its episode frames and returns disagree")
+    if cfg is not None:
+        same = {k: v for k, v in dataclasses.asdict(run.config).items() if k not in sd.NOT_IN_KEY} == \
+            {k: v for k, v in dataclasses.asdict(cfg).items() if k not in sd.NOT_IN_KEY}
+        if not same or run.seed != seed or run.algorithm_version != sd.ALGORITHM_VERSION:
+            raise BadRun(f"it records seed {run.seed}, algorithm version {run.algorithm_version} and "
+                         f"{'the' if same else 'another'} config, not the run its name says")
+    return run
 
 
 def load_run(results_dir: Path, cfg: sd.Config, seed: int) -> sd.RunResult | None:
-    return read_run(result_path(results_dir, cfg, seed))
+    """The stored run of cfg and seed, or None where there is none or (with a one-line warning)
+    where its file is bad. Reads only."""
+    path = result_path(results_dir, cfg, seed)
+    try:
+        return read_run(path, cfg, seed)
+    except BadRun as err:
+        warnings.warn(f"{path}: {err}; not used", stacklevel=2)
+        return None
+
+
+def set_aside(path: Path, reason: str):
+    """Rename a bad file to <name>.corrupt, saying why in one line, so that it is made again."""
+    aside = path.with_name(path.name + ".corrupt")
+    os.replace(path, aside)
+    warnings.warn(f"{path}: {reason}; set aside as {aside.name}, it will be recomputed", stacklevel=3)
 
 
 def check_results_dir(results_dir: str | Path):
@@ -108,42 +160,56 @@ def episodes_frame(runs: Iterable[sd.RunResult]):
 
 
 def load_results(results_dir: str | Path):
-    """Every completed run under results_dir, as a tidy per-episode DataFrame."""
-    runs = [read_run(p) for p in sorted(Path(results_dir).glob("*/seed_*.json"))]
-    return episodes_frame(r for r in runs if r is not None)
+    """Every completed run under results_dir, as a tidy per-episode DataFrame. Reads only: a bad
+    file is named in a warning and left out."""
+    root = Path(results_dir)
+    if not root.is_dir():
+        raise ValueError(f"results directory {str(root)!r} does not exist")
+    runs = []
+    for path in sorted(root.glob("*/seed_*.json")):
+        try:
+            run = read_run(path)
+        except BadRun as err:
+            warnings.warn(f"{path}: {err}; not used", stacklevel=2)
+            continue
+        if path.parent.name != run.config.key() or path.stem != sd.run_name(run.config, run.seed):
+            warnings.warn(f"{path}: it records {run.config.key()}/{sd.run_name(run.config, run.seed)}, not the run "
+                          "its name says; not used", stacklevel=2)
+            continue
+        runs.append(run)
+    return episodes_frame(runs)
 
 
 @contextlib.contextmanager
-def claimed(results_dir: str | Path, runs: Sequence[tuple[sd.Config, int]]):
-    """Hold the runs of one population for this process, so that sweeps sharing a store (several
-    workers on one machine, or on hosts sharing a file system) train each run once. Yields None
-    when every run is held here, else a line naming the worker holding one. The holds are flock()s
-    on files under results_dir/.claims: the kernel drops them when their process ends, so a killed
-    worker leaves nothing to clean up. A frozen L1 run also holds the learned run it needs."""
+def claimed(results_dir: str | Path, runs: Sequence[tuple[sd.Config, int]], wait: bool = False):
+    """Hold runs for this process, so that every process sharing a store (train and sweep
+    commands, on one machine or on hosts sharing a file system) trains each run once. Yields
+    (held, others): the runs held here, and a line for each run that another process holds,
+    naming it. With wait, each run is waited for until held here (in a fixed order, so two waiting
+    processes cannot block each other). The holds are flock()s on files under results_dir/.claims:
+    the kernel drops them when their process ends, so a killed holder leaves nothing to clean up."""
     import fcntl
     import socket
 
     folder = Path(results_dir) / ".claims"
     folder.mkdir(parents=True, exist_ok=True)
-    names = {f"{c.key()}_{sd.run_name(c, s)}" for c, s in runs}
-    names |= {f"{dataclasses.replace(c, regime='learned').key()}_{sd.run_name(c, s)}"
-              for c, s in runs if c.arch == "l1" and c.regime == "frozen"}
-    held, holder = [], None
+    files, others = [], {}
     try:
-        for name in sorted(names):
+        for run in sorted(dict.fromkeys(runs), key=lambda r: f"{r[0].key()}_{sd.run_name(*r)}"):
+            name = f"{run[0].key()}_{sd.run_name(*run)}"
             f = open(folder / f"{name}.lock", "a+")
             try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
             except BlockingIOError:
                 f.seek(0)
-                holder = f"{name} is held by {f.read().strip() or 'another worker'}"
+                others[run] = f"{name} is held by {f.read().strip() or 'another process'}"
                 f.close()
-                break
+                continue
             f.truncate(0)
             f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
             f.flush()
-            held.append(f)
-        yield holder
+            files.append((run, f))
+        yield [run for run, _ in files], others
     finally:
-        for f in held:
+        for _, f in files:
             f.close()  # closing drops the flock

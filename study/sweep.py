@@ -9,7 +9,7 @@ from typing import Sequence
 
 import sparse_dqn as sd
 from study.profiles import profile_runs
-from study.store import check_results_dir, claimed, load_run
+from study.store import check_results_dir, load_run
 
 
 def plan_populations(runs: Sequence[tuple[sd.Config, int]], max_agents: int) -> list[list[tuple[sd.Config, int]]]:
@@ -36,11 +36,8 @@ class SweepJob:
     def __call__(self) -> int:
         for name, fn in self.masks.items():  # a fresh Python on the cluster knows only the built-ins
             sd.MASKS.setdefault(name, fn)
-        with claimed(self.results_dir, self.runs) as holder:
-            if holder:  # another sweep trains these runs
-                print(f"skipped: {holder}", file=sys.stderr)
-                return 0
-            return len(sd.train_runs(self.runs, self.results_dir, progress=False))
+        # runs another process holds are left to it; the sweep that submitted this job waits for them
+        return sum(run is not None for run in sd.train_runs(self.runs, self.results_dir, progress=False, wait=False))
 
     def checkpoint(self, *args, **kwargs):
         import submitit
@@ -98,16 +95,18 @@ def sweep(profile: str, envs: Sequence[str], results_dir: str | Path, max_agents
     bar = tqdm(total=sum(c.frames for c, _ in runs), initial=sum(c.frames for c, _ in runs) - steps,
                unit="agent-frame", unit_scale=True, desc=f"sweep {profile}", file=sys.stderr,
                mininterval=5.0, disable=not progress)
+    trained = 0  # a run trained here holds its final weights; one loaded from the store does not
     try:
-        for pop in populations:
-            with claimed(results_dir, pop) as holder:
-                if holder:
-                    tqdm.write(f"skipped a population of {len(pop)} that another worker trains ({holder})",
-                               file=sys.stderr)
-                    continue
-                sd.train_runs(pop, results_dir, progress=bar.update)
+        for pop in populations:  # runs another process holds are left to it for now
+            runs_here = sd.train_runs(pop, results_dir, progress=bar.update, wait=False)
+            trained += sum(run is not None and run.params is not None for run in runs_here)
+        left = [r for r in todo if load_run(results_dir, *r) is None]
+        for pop in plan_populations(left, max_agents):  # then waited for: made once, whoever makes them
+            trained += sum(run.params is not None for run in sd.train_runs(pop, results_dir, progress=bar.update))
     finally:
         bar.close()
+    print(f"sweep {profile}: {trained} of {len(todo)} runs trained here, {len(todo) - trained} by other processes",
+          file=sys.stderr)
     return populations
 
 

@@ -21,9 +21,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-import sparse_dqn as sd  # noqa: E402
 from study import profiles, store  # noqa: E402
 
+TITLES = {"breakout": "Breakout", "space_invaders": "Space Invaders"}
 NPM_PACKAGES = ["@jupyter-widgets/html-manager@1.0.7", "requirejs@2.3.8", "mathjax@3.2.2", "anywidget@0.11.0"]
 # RequireJS paths for the widget manager: anywidget's AMD build is ours, not a CDN's, and the
 # manager's own module path points at our copy so that its fonts load from there, not beside the
@@ -85,14 +85,18 @@ def fraction(part: int, whole: int) -> str:
     return "all" if part == whole else f"1/{whole // part:,}" if whole % part == 0 else f"{part / whole:.2g} times"
 
 
-def scale_statement(profile: str) -> dict:
-    """What the intro says of this build's scale, beside the `paper` profile's."""
+def scale_statement(profile: str, stored: tuple[int, int] | None = None) -> dict:
+    """What the intro says of this build's scale, beside the `paper` profile's; stored: (runs
+    stored, runs planned) of a sweep's profile whose store does not hold them all yet."""
     p, paper = profiles.PROFILES[profile], profiles.PROFILES["paper"]
     seeds = f"{len(p.seeds)} seed" + "s" * (len(p.seeds) != 1)
     scale = (f"This book was built with the `{profile}` profile: every agent trains for {p.frames:,} frames, "
              f"{fraction(p.frames, paper.frames)} of the `paper` profile's {paper.frames:,}, with {seeds} per "
              f"configuration (`paper`: {len(paper.seeds)}). `paper` follows MinAtar's reference schedule; the "
              "paper's own frame and seed counts are not in the text available to us.")
+    if stored:
+        scale += (f" The sweep that makes it has stored {stored[0]:,} of its {stored[1]:,} planned runs so far; "
+                  "every table and figure gives the seeds it holds.")
     reading = ("At this scale a verdict of *inconclusive* says the runs cannot tell, not that the paper is wrong; "
                "read the curves as a working pipeline and a first look, not a replication."
                if p.frames < 500_000 or len(p.seeds) < 3 else
@@ -101,11 +105,27 @@ def scale_statement(profile: str) -> dict:
     return {"scale": scale, "reading": reading}
 
 
-def build_config(root: Path, profile: str, offline: bool) -> Path:
+def write_paper_claims(root: Path, results_dir: Path):
+    """book/_generated/paper_claims.md, which the intro includes: the paper's own claims (its
+    abstract's words), each planned test's verdict, from the notebooks' claims.json."""
+    rows = json.loads((results_dir / "summary" / "claims.json").read_text())
+    lines = ["| claim | where | test | p (Holm) | verdict |", "|---|---|---|---|---|"]
+    for r in rows:
+        if r["source"] != "paper" or not r["planned"]:
+            continue
+        where = ", ".join(x for x in (TITLES.get(r["env"], "both games") if r["env"] else "both games", r["regime"]) if x)
+        p = "–" if r["p_adjusted"] is None else f"{r['p_adjusted']:.4f}"
+        lines.append(f"| {r['claim']} | {where} | {r['test']} | {p} | {r['verdict']} |")
+    out = root / "book" / "_generated" / "paper_claims.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+
+
+def build_config(root: Path, profile: str, offline: bool, stored: tuple[int, int] | None = None) -> Path:
     """The book's _config.yml as this build runs it: the intro's statement of scale, paths made
     absolute (the file lives in _build), and the CDN scripts when npm could not vendor ours."""
     config = yaml.safe_load((root / "_config.yml").read_text())
-    config.setdefault("parse", {})["myst_substitutions"] = scale_statement(profile)
+    config.setdefault("parse", {})["myst_substitutions"] = scale_statement(profile, stored)
     sphinx = config["sphinx"]["config"]
     if not offline:
         for key in ("nb_ipywidgets_js", "mathjax_path"):  # both point into _vendor
@@ -136,10 +156,15 @@ def main():
         store.check_results_dir(results_dir)
     except ValueError as err:
         sys.exit(f"error: {err}")
-    if not profiles.PROFILES[args.profile].trains_in_book:
-        problem = profiles.missing_runs(args.profile, results_dir)
-        if problem:
-            sys.exit(f"error: {problem}")
+    stored = None
+    if not profiles.PROFILES[args.profile].trains_in_book:  # the book reads what the sweep has stored
+        pending = profiles.missing_runs(args.profile, results_dir)
+        if pending:
+            planned = profiles.profile_runs(args.profile)
+            stored = (sum(store.load_run(results_dir, *run) is not None for run in planned), len(planned))
+            if not stored[0]:
+                sys.exit(f"error: {pending}")
+            print(f"warning: {pending}", file=sys.stderr)
     offline = fetch_static(root / "_vendor")
     if root != source:
         for name in ("_config.yml", "_toc.yml", "book"):
@@ -154,7 +179,8 @@ def main():
     with tempfile.TemporaryDirectory(dir=root / "_build") as staging:
         timings = run_notebooks(source / "notebooks", args.profile, Path(staging), executed, results_dir)
 
-    config = build_config(root, args.profile, offline)
+    write_paper_claims(root, results_dir)
+    config = build_config(root, args.profile, offline, stored)
     command = ["jupyter-book", "build", str(root), "-W", "-n", "--keep-going", "--config", str(config)]
     if subprocess.run(command, cwd=root).returncode != 0:
         sys.exit("error: jupyter-book build failed; its warnings are above")
