@@ -282,8 +282,9 @@ def _welch_row(claim, finals, env, regime, a, b, kind, power_alpha) -> Row:
     p, ci = welch(x, y, shift, alternative)
     name = {"greater": "one-sided Welch t", "non-inferior": "non-inferiority, Welch t",
             "non-superior": "non-superiority, Welch t"}[kind]
-    sign = {"greater": ">", "non-inferior": "> (minus margin)", "non-superior": "< (plus margin)"}[kind]
-    row = Row(claim, env, regime, name, f"{a} {sign} {b}", p, ci, float(x.mean() - y.mean()),
+    comparison = {"greater": f"{a} > {b}", "non-inferior": f"{a} > {b} - {margin:.2f}" if margin else "",
+                  "non-superior": f"{a} < {b} + {margin:.2f}" if margin else ""}[kind]
+    row = Row(claim, env, regime, name, comparison, p, ci, float(x.mean() - y.mean()),
               f"{len(x)} and {len(y)}", margin=margin)
     pooled = np.sqrt((x.var(ddof=1) + y.var(ddof=1)) / 2)
     row.extra = {"p_of_improvement": float(prob_improvement(x, y)),

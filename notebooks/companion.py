@@ -167,22 +167,45 @@ def _fmt(x, digits=2):
 
 
 def claims_frame(rows: list, numbers: Sequence[int] | None = None) -> pd.DataFrame:
-    """The rows of these claims as a table a reader scans: claim, where (game, regime), test,
-    comparison, estimate with its interval, Holm-adjusted p, verdict, seeds for 80% power."""
+    """The rows of these claims as a table a reader scans: claim, where (game, regime), what is
+    tested and how, the estimate (a difference of mean final returns, or the test's statistic)
+    with its 95% interval, the p-value (Holm-adjusted for planned tests), the verdict, and the
+    seeds per architecture that would give an open test 80% power."""
     out = []
     for r in rows:
         if numbers is not None and r.claim not in numbers:
             continue
         where = ", ".join(x for x in (TITLES.get(r.env, r.env) if r.env else "both games", r.regime) if x)
-        interval = "" if not np.isfinite(r.interval[0]) else f" [{_fmt(r.interval[0])}, {_fmt(r.interval[1])}]"
-        margin = f"; margin {_fmt(r.margin)}" if r.margin else ""
-        out.append({"claim": r.claim, "where": where, "test": r.test, "comparison": r.comparison + margin,
-                    "estimate [95% CI]": _fmt(r.estimate) + interval,
+        if r.test.startswith("permutation"):
+            estimate = f"{'F' if 'F' in r.test else 'statistic'} {_fmt(r.estimate)}"
+        else:
+            estimate = _fmt(r.estimate) + ("" if not np.isfinite(r.interval[0]) else
+                                           f" [{_fmt(r.interval[0])}, {_fmt(r.interval[1])}]")
+        open_test = r.planned and r.p_adjusted is not None and r.p_adjusted >= claims.ALPHA
+        out.append({"claim": r.claim, "where": where, "tested": f"{r.comparison} ({r.test})",
+                    "estimate [95% CI]": estimate,
                     "p (Holm)" if r.planned else "p (uncorrected)": _fmt(r.p_adjusted if r.planned else r.p, 4),
                     "verdict": r.verdict,
-                    "seeds for 80% power": "" if r.power_seeds is None or r.p_adjusted is None or
-                    r.p_adjusted < claims.ALPHA else str(r.power_seeds)})
+                    "seeds for 80% power": str(r.power_seeds) if open_test and r.power_seeds else ""})
     return pd.DataFrame(out)
+
+
+def final_display(table: pd.DataFrame):
+    """final_table as a reader reads it: one row per game, regime and architecture."""
+    shown = pd.DataFrame({
+        "game": table.env.map(lambda e: TITLES.get(e, e)), "regime": table.regime, "architecture": table.arch,
+        "seeds": table.seeds,
+        "final return [95% CI]": [f"{m:.2f} [{_fmt(lo)}, {_fmt(hi)}]" for m, lo, hi in
+                                  zip(table["final return"], table["ci low"], table["ci high"])],
+        "IQM [95% CI]": [f"{m:.2f} [{_fmt(lo)}, {_fmt(hi)}]" for m, lo, hi in
+                         zip(table["IQM"], table["IQM low"], table["IQM high"])]})
+    return shown.style.hide(axis="index")
+
+
+def _scrolling(frame: pd.DataFrame) -> str:
+    """A claims table as HTML in its own sideways-scrolling box (a phone's width)."""
+    table = frame.style.hide(axis="index").set_table_attributes('class="claims"').to_html()
+    return f'<div class="table-scroll">{table}</div>'
 
 
 def claims_tables(rows: list, explored: list, numbers: Sequence[int]):
@@ -200,11 +223,11 @@ def claims_tables(rows: list, explored: list, numbers: Sequence[int]):
             continue
         quotes = "; ".join(f"**{n}.** *\"{claims.CLAIMS[n][2]}\"* ({claims.CLAIMS[n][1]})" for n in shown)
         display(Markdown(f"**{title}.** {note} {quotes}."))
-        display(HTML(f'<div class="table-scroll">{claims_frame(rows, shown).to_html(index=False, classes="claims")}</div>'))
+        display(HTML(_scrolling(claims_frame(rows, shown))))
     mine = [r for r in explored if r.claim in numbers]
     if mine:
         display(Markdown("**Exploration**, chosen after looking at the runs: uncorrected, and it decides nothing."))
-        display(HTML(f'<div class="table-scroll">{claims_frame(mine).to_html(index=False, classes="claims")}</div>'))
+        display(HTML(_scrolling(claims_frame(mine))))
 
 
 def reading(rows: list, numbers: Sequence[int]):
@@ -508,12 +531,13 @@ def mask_statistics(env: str, masks: dict, centres: dict):
 
 def capacity_table(chapter: Chapter, archs: Sequence[str] = profiles.FIGURE_ARCHS) -> pd.DataFrame:
     """Hidden units, inputs per unit and hidden weights of each architecture (frozen regime), and
-    of MinAtar's reference network, per game: every sparse layer has the same capacity."""
+    of MinAtar's reference network, per game: every architecture of the paper has the same
+    capacity; the width control does not, by design."""
     rows = []
     for env in chapter.envs:
         for arch in archs:
             units, k = chapter.config(env=env, arch=arch, regime="frozen").layer_shape
-            rows.append((env, arch, units, k, units * k))
+            rows.append((env, f"{arch} (control)" if arch in CONTROLS else arch, units, k, units * k))
         rows.append((env, "minatar_cnn (reference)", 128, None, 16 * sd.CHANNELS[env] * 9 + 1024 * 128))
     return pd.DataFrame(rows, columns=["env", "arch", "hidden units", "inputs per unit", "hidden weights"]).astype(
         {"inputs per unit": "Int64"})

@@ -148,15 +148,17 @@ def checkpoint_path(results_dir: str | Path | None, agents: Sequence[tuple[sd.Co
 
 def episodes_frame(runs: Iterable[sd.RunResult]):
     """Tidy per-episode table: one row per (run, episode) with the agent's config and seed."""
+    import numpy as np
     import pandas as pd
 
-    rows = []
-    for run in runs:
-        c = run.config
-        for i, (frame, ret) in enumerate(zip(run.episode_frames, run.episode_returns)):
-            rows.append((c.env, c.arch, c.regime, run.seed, i, frame, ret, c.key()))
-    return pd.DataFrame(rows, columns=["env", "arch", "regime", "seed", "episode", "frame",
-                                       "return", "key"])
+    columns = ["env", "arch", "regime", "seed", "episode", "frame", "return", "key"]
+    parts = []
+    for run in runs:  # one block of columns per run: a study holds millions of episodes
+        c, n = run.config, len(run.episode_returns)
+        parts.append(pd.DataFrame({"env": c.env, "arch": c.arch, "regime": c.regime, "seed": run.seed,
+                                   "episode": np.arange(n), "frame": np.asarray(run.episode_frames, np.int64),
+                                   "return": np.asarray(run.episode_returns, float), "key": c.key()}, index=None))
+    return pd.concat(parts, ignore_index=True)[columns] if parts else pd.DataFrame(columns=columns)
 
 
 def load_results(results_dir: str | Path):

@@ -97,11 +97,11 @@ def scale_statement(profile: str, stored: tuple[int, int] | None = None) -> dict
     if stored:
         scale += (f" The sweep that makes it has stored {stored[0]:,} of its {stored[1]:,} planned runs so far; "
                   "every table and figure gives the seeds it holds.")
-    reading = ("At this scale a verdict of *inconclusive* says the runs cannot tell, not that the paper is wrong; "
-               "read the curves as a working pipeline and a first look, not a replication."
+    reading = ("At this scale few tests can decide anything: read the curves as a working pipeline and a first "
+               "look, not a replication."
                if p.frames < 500_000 or len(p.seeds) < 3 else
-               "Differences are read from 95% bootstrap intervals over seeds, so a verdict here is evidence at this "
-               "scale; the paper's agents train longer, and its conclusions may rest on later learning.")
+               "Each claim's test was fixed before its numbers (Methods), so a verdict is evidence at this scale; the "
+               "paper's agents may train longer, and its conclusions may rest on later learning.")
     return {"scale": scale, "reading": reading}
 
 

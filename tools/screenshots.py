@@ -1,0 +1,67 @@
+"""Screenshots of every page of the built book as a reader meets it, at a laptop's width (1,280 px)
+and a phone's (390 px), in Debian's chromium, offline; and, per page, whether content is wider
+than the viewport outside a scroll box.
+
+    python tools/screenshots.py                  # _build/html -> _build/screenshots/<page>-<width>.png
+    python tools/screenshots.py --pages intro 03_frozen --widths 390
+"""
+import argparse
+import shutil
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Elements wider than the viewport whose own box, or an ancestor's, does not scroll sideways.
+OVERFLOW = """() => {
+  const width = document.documentElement.clientWidth, cut = [];
+  for (const el of document.querySelectorAll("main *")) {
+    const box = el.getBoundingClientRect();
+    if (box.width === 0 || box.right <= width + 1) continue;
+    let scrolls = false;
+    for (let a = el; a && a !== document.body; a = a.parentElement) {
+      const style = getComputedStyle(a);
+      if (["auto", "scroll"].includes(style.overflowX) || style.overflowX === "hidden" && a !== el) { scrolls = true; break; }
+    }
+    if (!scrolls) cut.push(`${el.tagName.toLowerCase()}.${el.className}`.slice(0, 80));
+  }
+  return cut.slice(0, 10);
+}"""
+
+
+def pages(html: Path) -> list[Path]:
+    return sorted(p for p in html.rglob("*.html") if p.parent.name in ("book", "executed"))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--html", type=Path, default=ROOT / "_build" / "html")
+    parser.add_argument("--out", type=Path, default=ROOT / "_build" / "screenshots")
+    parser.add_argument("--widths", type=int, nargs="+", default=[1280, 390])
+    parser.add_argument("--pages", nargs="+", help="page names (default: every page)")
+    args = parser.parse_args()
+    from playwright.sync_api import sync_playwright
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    chosen = [p for p in pages(args.html) if not args.pages or p.stem in args.pages]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
+        for width in args.widths:
+            context = browser.new_context(offline=True, viewport={"width": width, "height": 900})
+            for path in chosen:
+                page = context.new_page()
+                page.goto(path.as_uri())
+                page.wait_for_load_state("load")
+                page.wait_for_timeout(800)
+                shot = args.out / f"{path.stem}-{width}.png"
+                page.screenshot(path=str(shot), full_page=True)
+                cut = page.evaluate(OVERFLOW)
+                print(f"{shot.relative_to(ROOT) if shot.is_relative_to(ROOT) else shot}"
+                      + (f"  wider than the page: {cut}" if cut else ""))
+                page.close()
+            context.close()
+        browser.close()
+
+
+if __name__ == "__main__":
+    main()
