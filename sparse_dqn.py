@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from engine import backends
-from engine.backends import SparsePlan, batched_linear, sparse_plan
+from engine.backends import SparsePlan, batched_linear, check_device, sparse_plan
 from engine.games import GAMES, make_games
 from engine.games.base import GRID
 from engine.replay import Replay
@@ -66,7 +66,7 @@ def _field(default, doc: str):
 
 @dataclass(frozen=True)
 class Config:
-    env: str = _field("breakout", "MinAtar game: breakout or space_invaders")
+    env: str = _field("breakout", "MinAtar game: " + " or ".join(GAMES))
     arch: str = _field("spatial", "hidden-layer connectivity: " + ", ".join(ARCHS) + ", or a name given to register_mask")
     regime: str = _field("learned", "hidden weights frozen at initialisation, or learned end to end")
     hidden_units: int = _field(1200, "hidden units of every sparse architecture and of L1's dense layer")
@@ -181,10 +181,6 @@ class Config:
         blob = json.dumps(fields, sort_keys=True) + f"/v{ALGORITHM_VERSION}"
         return f"{self.env}_{self.arch}_{self.regime}_" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
-
-# Config fields added after runs were stored, each with the value that reproduces how older files
-# were made; a stored config that lacks any other field, or has one Config does not, is refused.
-FIELDS_ADDED: dict = {}
 
 # Fields that every agent of one population must share: they set the lockstep loop and replay.
 SHARED_FIELDS = ("env", "frames", "replay_size", "batch_size", "learning_starts", "eps_start",
@@ -322,7 +318,8 @@ def _pan(env: str, seed: int, frames: int, gamma: float, lam: float, step: float
     return w, log, torch.from_numpy(on / frames)
 
 
-def _pan_of(cfg: Config, seed: int):
+def pan_predictors(cfg: Config, seed: int):
+    """PAN's predictors for this config and seed (cached): weights, TD-error curve, on-rates."""
     return _pan(cfg.env, seed, cfg.pan_frames, cfg.pan_gamma, cfg.pan_lambda, cfg.pan_step_size,
                 cfg.sticky_action_prob, cfg.difficulty_ramping)
 
@@ -344,7 +341,7 @@ def predictive_centres(cfg: Config, seed: int) -> torch.Tensor:
     centres = unit_centres(cfg)
     if cfg.pan_idle != "move":
         return centres
-    on_rate = _pan_of(cfg, seed)[2]
+    on_rate = pan_predictors(cfg, seed)[2]
     varies = torch.nonzero((on_rate > 0) & (on_rate < 1)).flatten()
     return varies[torch.arange(cfg.hidden_units) % len(varies)] if len(varies) else centres
 
@@ -354,42 +351,16 @@ def mask_centres(cfg: Config, seed: int) -> torch.Tensor:
     return predictive_centres(cfg, seed) if cfg.arch == "predictive" else unit_centres(cfg)
 
 
-def unit_nearest(cfg: Config, seed: int, centre: int) -> tuple[int, int]:
-    """(unit, its centre): the first hidden unit centred on input `centre` or, where none is (a
-    predictive centre that never varied in PAN's data), on the nearest input that has one,
-    preferring the same channel."""
-    centres = mask_centres(cfg, seed)
-    coords = input_coords(cfg.env).float()
-    gap = (coords[centres] - coords[centre]).abs() * torch.tensor([GRID * GRID, 1.0, 1.0])
-    unit = int(torch.argmin(gap.sum(1)))  # the first of the nearest
-    return unit, int(centres[unit])
-
-
 def predictive_mask(cfg: Config, seed: int) -> tuple[torch.Tensor, list]:
     """PAN neighbourhoods: for each centre c, the k inputs with the largest |w| in c's predictor,
     trained on `pan_frames` frames of a uniformly random policy, then fixed. Inputs with equal |w|
     (most often zero: no evidence) are taken nearest the centre first, or at random with
     pan_idle='random'. Returns the mask and the predictors' TD-error curve."""
-    w, log, _ = _pan_of(cfg, seed)
+    w, log, _ = pan_predictors(cfg, seed)
     if cfg.pan_idle == "random":
         return top_k_by_magnitude(w, cfg.k, seed)[unit_centres(cfg)], log
     near = _nearest_first(cfg.env)
     return near.gather(1, _largest_first(w.abs().gather(1, near), cfg.k))[predictive_centres(cfg, seed)], log
-
-
-def pan_report(cfg: Config, seed: int) -> dict:
-    """How predictive a predictive mask is: cumulants that never varied in PAN's data, the share
-    of mask inputs chosen with no evidence (|w| = 0), the mean grid distance of a unit's inputs
-    to its centre, and the predictors' final TD error."""
-    w, log, on_rate = _pan_of(cfg, seed)
-    mask, _ = predictive_mask(cfg, seed)
-    centres = predictive_centres(cfg, seed)
-    rc = input_coords(cfg.env)[:, 1:].float()
-    return {"env": cfg.env, "pan_idle": cfg.pan_idle, "never varied": int(((on_rate == 0) | (on_rate == 1)).sum()),
-            "never on": int((on_rate == 0).sum()),
-            "zero-evidence inputs": float((w[centres.unsqueeze(1), mask] == 0).float().mean()),
-            "mean distance": float((rc[mask] - rc[centres].unsqueeze(1)).norm(dim=2).mean()),
-            "final TD error": log[-1][1] if log else float("nan")}
 
 
 def l1_mask(hidden_weights: torch.Tensor, k: int, seed: int) -> torch.Tensor:
@@ -543,32 +514,6 @@ class RunResult:
     def final_return(self, last: int = 100) -> float:
         tail = self.episode_returns[-last:]
         return float(np.mean(tail)) if tail else float("nan")
-
-    def to_json(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "params"}
-        out["config"] = dataclasses.asdict(self.config)
-        # MinAtar's returns are whole numbers: "3" rather than "3.0" keeps a study's files small
-        out["episode_returns"] = [int(r) if float(r).is_integer() else r for r in self.episode_returns]
-        return out
-
-    @classmethod
-    def from_json(cls, blob: dict) -> "RunResult":
-        """A run from its stored form. Its config must name every Config field, but those in
-        FIELDS_ADDED, which older files lack and load as the value they were made with."""
-        fields = {f.name for f in dataclasses.fields(Config)}
-        stored = dict(blob["config"])
-        unknown, missing = set(stored) - fields, fields - set(stored) - set(FIELDS_ADDED)
-        if unknown or missing:
-            raise ValueError(f"config fields {sorted(unknown)} unknown, {sorted(missing)} missing")
-        blob = dict(blob, config=Config(**{**FIELDS_ADDED, **stored}))
-        blob["episode_returns"] = [float(r) for r in blob["episode_returns"]]
-        if "code_version" in blob:  # stored before results were keyed by algorithm version
-            del blob["code_version"]
-            blob["algorithm_version"] = 1
-        blob["sparsity"] = [tuple(r) for r in blob["sparsity"]]
-        blob["pan_td_error"] = [tuple(r) for r in blob["pan_td_error"]]
-        return cls(**blob)
-
 
 class CentredRMSprop:
     """torch.optim.RMSprop(centered=True, momentum=0), step for step, except that the variance
@@ -908,19 +853,6 @@ def _progress(frames: int, agents: int, enabled: bool, initial: int = 0):
                 mininterval=2.0, file=sys.stderr)
 
 
-def check_device(device: str):
-    """Refuse, before any work, a device that cannot train here: not a CPU or a CUDA device (a
-    meta tensor holds no numbers), or one this machine cannot allocate on."""
-    try:
-        if torch.device(device).type not in ("cpu", "cuda"):
-            raise RuntimeError(f"a {torch.device(device).type} device holds no trainable tensors here")
-        torch.empty(1, device=device)
-    except (RuntimeError, AssertionError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"device={device!r} is not available here ({first}); expected cpu"
-                         + ", cuda" * torch.cuda.is_available()) from None
-
-
 def train(configs: Config | Sequence[Config], seeds: Sequence[int], results_dir: str | Path | None = None,
           progress: bool | Callable[[int], None] = True) -> list[RunResult]:
     """Train every (config, seed) pair of one game as one population and return their results.
@@ -965,52 +897,19 @@ def train_runs(wanted: Sequence[tuple[Config, int]], results_dir=None,
         if run is not None:
             done[pair] = run
     first = [a for a in dict.fromkeys(wanted + sources) if a not in done and not needs_l1_source(a[0])]
-    _train_stored(first, store, progress, wait, done)
-    second = [a for a in wanted if needs_l1_source(a[0]) and a not in done and source(a) in done]
-    masks = {a: torch.tensor(done[source(a)].mask) for a in second}
-    _train_stored(second, store, progress, wait, done, masks)
+    second = [a for a in wanted if needs_l1_source(a[0]) and a not in done]
+    for agents in (first, second):  # frozen L1 agents after the learned runs whose masks they take
+        agents = [a for a in agents if not needs_l1_source(a[0]) or source(a) in done]
+        masks = {a: torch.tensor(done[source(a)].mask) for a in agents if needs_l1_source(a[0])}
+        if store is None and agents:
+            done.update(zip(agents, train_population(agents, progress, masks)))
+        elif agents:  # each run once across the processes sharing the store
+            store.train_missing(agents, lambda mine, checkpoint: train_population(
+                mine, progress, {a: masks[a] for a in mine if a in masks}, checkpoint), wait, done)
     return [done.get(a) for a in wanted]
 
 
-def _train_stored(agents, store, progress, wait, done, l1_masks=None):
-    """Train the agents as one population and add their runs to done; with a store, each run once
-    across every process sharing it (study.store.claimed): first those no one else holds, then,
-    with wait, each of the rest once its holder lets go, if it left it unmade."""
-    if not agents:
-        return
-    if store is None:
-        done.update(zip(agents, train_population(agents, progress, l1_masks)))
-        return
-    store.check_writable()  # a read-only store still serves the runs it holds
-    pending, block = list(agents), False
-    while pending:
-        with store.claimed(pending, wait=block) as (mine, others):
-            for pair in mine:  # another process may have finished it since it was looked up
-                run = store.load(*pair)
-                if run is not None:
-                    done[pair] = run
-            mine = [a for a in agents if a in mine and a not in done]
-            if mine:
-                checkpoint = store.checkpoint(mine)
-                runs = train_population(mine, progress, l1_masks and {a: l1_masks[a] for a in mine}, checkpoint)
-                for pair, run in zip(mine, runs):
-                    store.save(run)
-                    done[pair] = run
-                checkpoint.remove()
-        if others and not block:
-            print(f"{len(others)} run(s) held by another process: "
-                  + ("waiting for them" if wait else "left to it") + f" ({next(iter(others.values()))})",
-                  file=sys.stderr)
-        pending = [a for a in pending if a not in done] if wait else []
-        block = True
 
-
-@functools.lru_cache(maxsize=None)
-def channel_names(env: str) -> tuple[str, ...]:
-    from minatar import Environment
-
-    names = Environment(env).env.channels
-    return tuple(sorted(names, key=names.get))
 
 
 if __name__ == "__main__":

@@ -476,6 +476,19 @@ def batched_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) ->
 HEAD_CPP_BATCH = 16
 
 
+def check_device(device: str):
+    """Refuse, before any work, a device that cannot train here: not a CPU or a CUDA device (a
+    meta tensor holds no numbers), or one this machine cannot allocate on."""
+    try:
+        if torch.device(device).type not in ("cpu", "cuda"):
+            raise RuntimeError(f"a {torch.device(device).type} device holds no trainable tensors here")
+        torch.empty(1, device=device)
+    except (RuntimeError, AssertionError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"device={device!r} is not available here ({first}); expected cpu"
+                         + ", cuda" * torch.cuda.is_available()) from None
+
+
 def provenance(device: str, agents: int) -> dict:
     """Where and how a population was computed: command, machine, torch, kernels, device."""
     import platform

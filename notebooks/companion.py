@@ -27,27 +27,62 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 import sparse_dqn as sd  # noqa: E402
+from engine.games import channel_names  # noqa: E402
 from study import profiles, store  # noqa: E402
 
 import claims  # noqa: E402  beside this file
 
-ENVS = ("breakout", "space_invaders")  # the paper's panels, left to right
-TITLES = {"breakout": "Breakout", "space_invaders": "Space Invaders"}
+ENVS = tuple(sd.CHANNELS)  # the games of engine.games' registry: the paper's panels, left to right
+TITLES = {env: env.replace("_", " ").title() for env in ENVS}
 ARCH_ORDER = ("dense", "random", "spatial", "predictive", "l1", "minatar_cnn", "dense_wide")
 _PALETTE = sns.color_palette("colorblind", 10).as_hex()
-# colorblind-safe and far apart; MinAtar's reference network in grey; the width control in dense's
-# colour, dashed (CONTROLS)
-ARCH_COLOURS = dict(zip(ARCH_ORDER, [_PALETTE[0], _PALETTE[1], _PALETTE[2], _PALETTE[3], _PALETTE[4], "#7f7f7f",
-                                     _PALETTE[9]]))
+# Six colours of seaborn's colorblind palette, chosen so that every pair stays apart under each
+# common colour-vision deficiency (palette_distances); the width control shares dense's colour and
+# is dashed in every figure (CONTROLS). A registered mask takes the palette's next colour.
+ARCH_COLOURS = {"dense": _PALETTE[0], "random": _PALETTE[7], "spatial": _PALETTE[3], "predictive": "#000000",
+                "l1": _PALETTE[5], "minatar_cnn": _PALETTE[9], "dense_wide": _PALETTE[0]}
 CONTROLS = ("dense_wide",)
 """Controls, not the paper's architectures: drawn dashed in every figure."""
 
 
 def colour(arch: str) -> str:
-    """One colour per architecture in every figure; registered masks take the next free ones."""
+    """One colour per architecture in every figure; registered masks take the palette's unused ones."""
     if arch not in ARCH_COLOURS:
-        ARCH_COLOURS[arch] = _PALETTE[(len(ARCH_COLOURS) - 1) % len(_PALETTE)]
+        free = [c for c in _PALETTE if c not in ARCH_COLOURS.values()] or _PALETTE
+        ARCH_COLOURS[arch] = free[0]
     return ARCH_COLOURS[arch]
+
+
+# Machado, Oliveira & Fernandes (2009): full-severity simulations on linear RGB.
+_DEFICIENCIES = {"protanopia": [[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216],
+                                [-0.003882, -0.048116, 1.051998]],
+                 "deuteranopia": [[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413],
+                                  [-0.011820, 0.042940, 0.968881]],
+                 "tritanopia": [[1.255528, -0.076749, -0.178779], [-0.078411, 0.930809, 0.147602],
+                                [0.004733, 0.691367, 0.303900]]}
+
+
+def _lab(linear_rgb: np.ndarray) -> np.ndarray:
+    """CIELAB (D65) of a linear-RGB colour."""
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ np.clip(linear_rgb, 0, 1)
+    xyz = xyz / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def palette_distances(archs: Sequence[str] = ARCH_ORDER) -> dict[str, float]:
+    """The smallest CIELAB distance (Delta E 1976) between the colours of two architectures that
+    the figures tell apart by colour alone (a control is told apart by its dashes), for normal
+    vision and each simulated deficiency. About 2.3 is a just-noticeable difference."""
+    import matplotlib.colors as mc
+
+    srgb = {a: np.array(mc.to_rgb(colour(a))) for a in archs if a not in CONTROLS}
+    linear = {a: np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4) for a, c in srgb.items()}
+    out = {}
+    for vision, matrix in {"normal": np.eye(3), **_DEFICIENCIES}.items():
+        labs = {a: _lab(np.asarray(matrix) @ c) for a, c in linear.items()}
+        out[vision] = min(float(np.linalg.norm(labs[a] - labs[b])) for i, a in enumerate(labs) for b in list(labs)[i + 1:])
+    return out
 
 
 def arch_order(archs) -> list[str]:
@@ -442,14 +477,14 @@ def draw_frame(env: str, frame: np.ndarray, ax=None, legend: bool = True):
     ax.set_yticks([])
     ax.set_title(TITLES[env])
     if legend:
-        ax.legend(handles=[Patch(color=colours[i + 1], label=n) for i, n in enumerate(sd.channel_names(env))],
+        ax.legend(handles=[Patch(color=colours[i + 1], label=n) for i, n in enumerate(channel_names(env))],
                   loc="upper left", bbox_to_anchor=(1.02, 1), frameon=False, fontsize=9)
     return ax
 
 
 def channels_figure(env: str, frame: np.ndarray):
     """One observation channel by channel (a 10x10 binary grid each), then as MinAtar draws it."""
-    names = sd.channel_names(env)
+    names = channel_names(env)
     fig, axes = plt.subplots(1, len(names) + 1, figsize=(2.0 * (len(names) + 1), 2.4))
     grid = frame.reshape(len(names), sd.GRID, sd.GRID)
     for ax, name, plane in zip(axes, names, grid):
@@ -493,7 +528,7 @@ def plot_mask(env: str, inputs: Sequence[int], centre: int | None, title: str = 
     grid = np.zeros(channels * sd.GRID * sd.GRID)
     grid[list(inputs)] = 1
     grid = grid.reshape(channels, sd.GRID, sd.GRID)
-    for ch, (ax, name) in enumerate(zip(axes, sd.channel_names(env))):
+    for ch, (ax, name) in enumerate(zip(axes, channel_names(env))):
         ax.imshow(grid[ch], cmap="viridis", vmin=0, vmax=1)
         if centre is not None and centre // (sd.GRID * sd.GRID) == ch:
             ax.plot(centre % sd.GRID, (centre // sd.GRID) % sd.GRID, "x", color="red", ms=10, mew=3)
@@ -527,6 +562,32 @@ def mask_statistics(env: str, masks: dict, centres: dict):
                           "mean distance to centre": [distance(a) for a in masks]}, index=list(masks))
     sparse = [a for a in masks if a != "dense"]
     return stats, pd.DataFrame([[overlap(a, b) for b in sparse] for a in sparse], index=sparse, columns=sparse)
+
+
+def unit_nearest(cfg: sd.Config, seed: int, centre: int) -> tuple[int, int]:
+    """(unit, its centre): the first hidden unit centred on input `centre` or, where none is (a
+    predictive centre that never varied in PAN's data), on the nearest input that has one,
+    preferring the same channel."""
+    centres = sd.mask_centres(cfg, seed)
+    coords = sd.input_coords(cfg.env).float()
+    gap = (coords[centres] - coords[centre]).abs() * sd.torch.tensor([sd.GRID * sd.GRID, 1.0, 1.0])
+    unit = int(sd.torch.argmin(gap.sum(1)))  # the first of the nearest
+    return unit, int(centres[unit])
+
+
+def pan_report(cfg: sd.Config, seed: int) -> dict:
+    """How predictive a predictive mask is: cumulants that never varied in PAN's data, the share
+    of mask inputs chosen with no evidence (|w| = 0), the mean grid distance of a unit's inputs
+    to its centre, and the predictors' final TD error."""
+    w, log, on_rate = sd.pan_predictors(cfg, seed)
+    mask, _ = sd.predictive_mask(cfg, seed)
+    centres = sd.predictive_centres(cfg, seed)
+    rc = sd.input_coords(cfg.env)[:, 1:].float()
+    return {"env": cfg.env, "pan_idle": cfg.pan_idle, "never varied": int(((on_rate == 0) | (on_rate == 1)).sum()),
+            "never on": int((on_rate == 0).sum()),
+            "zero-evidence inputs": float((w[centres.unsqueeze(1), mask] == 0).float().mean()),
+            "mean distance": float((rc[mask] - rc[centres].unsqueeze(1)).norm(dim=2).mean()),
+            "final TD error": log[-1][1] if log else float("nan")}
 
 
 def capacity_table(chapter: Chapter, archs: Sequence[str] = profiles.FIGURE_ARCHS) -> pd.DataFrame:
@@ -566,7 +627,7 @@ def explorer_data(chapter: Chapter, archs: Sequence[str], seeds: Sequence[int]) 
     runs of the chapter's store (trained if missing)."""
     data = {}
     for env in chapter.envs:
-        game = {"channels": list(sd.channel_names(env)), "colours": [f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
+        game = {"channels": list(channel_names(env)), "colours": [f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
                                                                       for r, g, b in minatar_colours(env)[1:]],
                 "archs": {}}
         for arch in archs:

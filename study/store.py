@@ -9,13 +9,46 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import sparse_dqn as sd
 from study.checkpoints import Checkpoint
+
+
+# Config fields added after runs were stored, each with the value that reproduces how older files
+# were made; a stored config that lacks any other field, or has one Config does not, is refused.
+FIELDS_ADDED: dict = {}
+
+
+def run_to_json(run: sd.RunResult) -> dict:
+    """A run's stored form: every field but the in-memory weights."""
+    out = {f.name: getattr(run, f.name) for f in dataclasses.fields(run) if f.name != "params"}
+    out["config"] = dataclasses.asdict(run.config)
+    # MinAtar's returns are whole numbers: "3" rather than "3.0" keeps a study's files small
+    out["episode_returns"] = [int(r) if float(r).is_integer() else r for r in run.episode_returns]
+    return out
+
+
+def run_from_json(blob: dict) -> sd.RunResult:
+    """A run from its stored form. Its config must name every Config field, but those in
+    FIELDS_ADDED, which older files lack and load as the value they were made with."""
+    fields = {f.name for f in dataclasses.fields(sd.Config)}
+    stored = dict(blob["config"])
+    unknown, missing = set(stored) - fields, fields - set(stored) - set(FIELDS_ADDED)
+    if unknown or missing:
+        raise ValueError(f"config fields {sorted(unknown)} unknown, {sorted(missing)} missing")
+    blob = dict(blob, config=sd.Config(**{**FIELDS_ADDED, **stored}))
+    blob["episode_returns"] = [float(r) for r in blob["episode_returns"]]
+    if "code_version" in blob:  # stored before results were keyed by algorithm version
+        del blob["code_version"]
+        blob["algorithm_version"] = 1
+    blob["sparsity"] = [tuple(r) for r in blob["sparsity"]]
+    blob["pan_td_error"] = [tuple(r) for r in blob["pan_td_error"]]
+    return sd.RunResult(**blob)
 
 
 class Store:
@@ -41,13 +74,39 @@ class Store:
             return None
 
     def save(self, run: sd.RunResult):
-        _write_atomic(result_path(self.root, run.config, run.seed), run.to_json())
+        _write_atomic(result_path(self.root, run.config, run.seed), run_to_json(run))
 
     def checkpoint(self, agents: Sequence[tuple[sd.Config, int]]) -> Checkpoint:
         return Checkpoint(checkpoint_path(self.root, agents))
 
     def claimed(self, runs: Sequence[tuple[sd.Config, int]], wait: bool = False):
         return claimed(self.root, runs, wait)
+
+    def train_missing(self, agents: list, train: Callable, wait: bool, done: dict):
+        """Train each of these runs that the store lacks once across every process sharing it, as
+        one population, with train(agents, checkpoint) -> runs; add every run made or found to
+        done. First the runs no other process holds (claimed); then, with wait, each of the rest
+        once its holder lets go, loaded, or trained here if its holder left it unmade."""
+        self.check_writable()  # a read-only store still serves the runs it holds
+        pending, block = list(agents), False
+        while pending:
+            with self.claimed(pending, wait=block) as (mine, others):
+                for pair in mine:  # another process may have finished it since it was looked up
+                    run = self.load(*pair)
+                    if run is not None:
+                        done[pair] = run
+                mine = [a for a in agents if a in mine and a not in done]
+                if mine:
+                    checkpoint = self.checkpoint(mine)
+                    for pair, run in zip(mine, train(mine, checkpoint)):
+                        self.save(run)
+                        done[pair] = run
+                    checkpoint.remove()
+            if others and not block:
+                print(f"{len(others)} run(s) held by another process: " + ("waiting for them" if wait else "left to it")
+                      + f" ({next(iter(others.values()))})", file=sys.stderr)
+            pending = [a for a in pending if a not in done] if wait else []
+            block = True
 
 
 def result_path(results_dir: Path, cfg: sd.Config, seed: int) -> Path:
@@ -91,7 +150,7 @@ def read_run(path: Path, cfg: sd.Config | None = None, seed: int | None = None) 
         if "checksum" in blob and blob["checksum"] != checksum(blob):
             raise BadRun("its checksum does not match its contents")
         blob.pop("checksum", None)
-        run = sd.RunResult.from_json(blob)
+        run = run_from_json(blob)
     except BadRun:
         raise
     except (ValueError, KeyError, TypeError) as err:  # JSON and Unicode errors are ValueErrors

@@ -88,6 +88,17 @@ def test_figures_put_breakout_left_and_keep_one_colour_per_arch():
     assert bk.colour("row") not in [bk.ARCH_COLOURS[a] for a in bk.ARCH_ORDER]
 
 
+def test_the_palette_stays_apart_for_colour_blind_readers_and_controls_are_dashed():
+    distances = bk.palette_distances()
+    assert set(distances) == {"normal", "protanopia", "deuteranopia", "tritanopia"}
+    assert min(distances.values()) > 20  # about 2.3 is just noticeable
+    assert bk.CONTROLS == ("dense_wide",) and bk.colour("dense_wide") == bk.colour("dense")
+    df = both_regimes(dict(MEANS, dense_wide=11.0))
+    fig = bk.returns_figure(df[df.regime == "learned"], "Learned")
+    styles = {t.get_text(): h.get_linestyle() for t, h in zip(fig.legends[0].texts, fig.legends[0].legend_handles)}
+    assert styles["dense_wide"] != styles["dense"]
+
+
 def test_the_explorers_bitsets_hold_exactly_each_units_inputs():
     mask = np.array([[0, 5, 399], [7, 8, 9]])
     bits = np.frombuffer(base64.b64decode(bk._bits(mask, 400)), np.uint8).reshape(2, 50)

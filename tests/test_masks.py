@@ -1,10 +1,15 @@
 import math
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 import sparse_dqn as sd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "notebooks"))
+import companion as bk  # noqa: E402  pan_report and unit_nearest serve the book
 
 
 @pytest.mark.parametrize("env", list(sd.CHANNELS))
@@ -110,14 +115,14 @@ def test_largest_first_is_a_stable_descending_sort_cut_at_k():
 
 def test_predictive_units_move_off_centres_that_never_vary_and_keep_their_counts():
     cfg = sd.Config(arch="predictive", pan_frames=2_000)
-    report = sd.pan_report(cfg, 0)
+    report = bk.pan_report(cfg, 0)
     assert report["never varied"] > 100  # a random paddle leaves most ball cells dark
     assert report["zero-evidence inputs"] == 0.0
-    legacy = sd.pan_report(sd.dataclasses.replace(cfg, pan_idle="random"), 0)
+    legacy = bk.pan_report(sd.dataclasses.replace(cfg, pan_idle="random"), 0)
     assert legacy["zero-evidence inputs"] > 0.3
     mask, _ = sd.build_mask(cfg, 0)
     assert mask.shape == (cfg.hidden_units, cfg.k)
     centres = sd.mask_centres(cfg, 0)
-    unit, centre = sd.unit_nearest(cfg, 0, 145)  # the ball at row 4, column 5
+    unit, centre = bk.unit_nearest(cfg, 0, 145)  # the ball at row 4, column 5
     assert int(centres[unit]) == centre and centre // 100 == 1
-    assert sd.unit_nearest(sd.Config(arch="spatial"), 0, 145) == (145, 145)
+    assert bk.unit_nearest(sd.Config(arch="spatial"), 0, 145) == (145, 145)

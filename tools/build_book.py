@@ -23,7 +23,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from study import profiles, store  # noqa: E402
 
-TITLES = {"breakout": "Breakout", "space_invaders": "Space Invaders"}
 NPM_PACKAGES = ["@jupyter-widgets/html-manager@1.0.7", "requirejs@2.3.8", "mathjax@3.2.2", "anywidget@0.11.0"]
 # RequireJS paths for the widget manager: anywidget's AMD build is ours, not a CDN's, and the
 # manager's own module path points at our copy so that its fonts load from there, not beside the
@@ -108,12 +107,14 @@ def scale_statement(profile: str, stored: tuple[int, int] | None = None) -> dict
 def write_paper_claims(root: Path, results_dir: Path):
     """book/_generated/paper_claims.md, which the intro includes: the paper's own claims (its
     abstract's words), each planned test's verdict, from the notebooks' claims.json."""
-    rows = json.loads((results_dir / "summary" / "claims.json").read_text())
+    source = results_dir / "summary" / "claims.json"
+    rows = json.loads(source.read_text()) if source.exists() else []  # a book whose notebooks test no claim
     lines = ["| claim | where | test | p (Holm) | verdict |", "|---|---|---|---|---|"]
     for r in rows:
         if r["source"] != "paper" or not r["planned"]:
             continue
-        where = ", ".join(x for x in (TITLES.get(r["env"], "both games") if r["env"] else "both games", r["regime"]) if x)
+        game = r["env"].replace("_", " ").title() if r["env"] else "both games"
+        where = ", ".join(x for x in (game, r["regime"]) if x)
         p = "–" if r["p_adjusted"] is None else f"{r['p_adjusted']:.4f}"
         lines.append(f"| {r['claim']} | {where} | {r['test']} | {p} | {r['verdict']} |")
     out = root / "book" / "_generated" / "paper_claims.md"

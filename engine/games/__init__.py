@@ -7,6 +7,8 @@ in as tensors, so a test can feed the very numbers that minatar's own RandomStat
 A game is a module here and one entry in GAMES: a BatchedGame subclass with `channels` and the
 rules as torch ops (`step`, `observe`, `reset`). Its C++ and Triton rules are optional: a game
 whose kernels lack them runs the torch ops. Everything that lists games reads GAMES."""
+import functools
+
 from engine.games.base import BatchedGame
 from engine.games.breakout import BatchedBreakout
 from engine.games.space_invaders import BatchedSpaceInvaders
@@ -16,3 +18,12 @@ GAMES = {"breakout": BatchedBreakout, "space_invaders": BatchedSpaceInvaders}
 
 def make_games(env: str, n: int, sticky_action_prob: float, ramping: bool, device) -> BatchedGame:
     return GAMES[env](n, sticky_action_prob, ramping, device)
+
+
+@functools.lru_cache(maxsize=None)
+def channel_names(env: str) -> tuple[str, ...]:
+    """MinAtar's names of a game's channels, in channel order."""
+    from minatar import Environment
+
+    names = Environment(env).env.channels
+    return tuple(sorted(names, key=names.get))

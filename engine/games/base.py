@@ -10,14 +10,21 @@ GRID = 10
 
 class BatchedGame:
     """native: step and observe in compiled kernels (see game_kernels), or (False) in torch ops.
-    All run the same rules on the same state tensors."""
+    All run the same rules on the same state tensors. A subclass names its game (`name`, the
+    prefix of its kernels' functions: <name>_step, <name>_observe, <name>_reset) and its
+    `channels`."""
+
+    name: str
+    channels: int
 
     def __init__(self, n: int, sticky_action_prob: float, device, native: bool | None = None):
         self.n, self.sticky, self.device = n, sticky_action_prob, torch.device(device)
         self.rows = torch.arange(n, device=self.device)
         self.last_action = torch.zeros(n, dtype=torch.long, device=self.device)
-        self._kernels = game_kernels(self.device, native)
-        self._reset_kernel = getattr(self._kernels, self.reset_kernel_name, None)  # Triton's have one
+        kernels = game_kernels(self.device, native)
+        # A game's compiled rules are optional: where the kernels lack its step, torch ops run it.
+        self._kernels = kernels if hasattr(kernels, f"{self.name}_step") else None
+        self._reset_kernel = getattr(self._kernels, f"{self.name}_reset", None)  # Triton's have one
         # The training loop resets the agents whose episode ended every frame, without asking
         # whether any did, on a GPU (the question waits for the device) and where the kernels
         # reset (one launch); on the CPU a check is cheaper than a reset.

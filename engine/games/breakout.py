@@ -15,7 +15,7 @@ _FLIP_X, _FLIP_Y, _FLIP_XY = (1, 0, 3, 2), (3, 2, 1, 0), (2, 3, 0, 1)
 
 class BatchedBreakout(BatchedGame):
     channels = 4
-    reset_kernel_name = "breakout_reset"
+    name = "breakout"
 
     def __init__(self, n: int, sticky_action_prob: float = 0.1, ramping: bool = True, device="cpu",
                  native: bool | None = None):

@@ -11,7 +11,7 @@ SHOT_COOL_DOWN, ENEMY_MOVE_INTERVAL, ENEMY_SHOT_INTERVAL = 5, 12, 10
 
 class BatchedSpaceInvaders(BatchedGame):
     channels = 6
-    reset_kernel_name = "space_invaders_reset"
+    name = "space_invaders"
 
     def __init__(self, n: int, sticky_action_prob: float = 0.1, ramping: bool = True, device="cpu",
                  native: bool | None = None):
