@@ -158,3 +158,29 @@ def test_reading_a_store_writes_nothing_and_a_missing_store_is_refused(tmp_path,
     assert sd.train(cfg, [0], tmp_path, progress=False)[0].params is None  # served without writing
     with pytest.raises(ValueError, match="read-only"):
         sd.train(cfg, [1], tmp_path, progress=False)  # a run it would have to make
+
+
+def test_losing_write_permission_mid_run_is_one_line_and_keeps_the_checkpoint(tmp_path):
+    """As root no permission can be taken away, so the store's writes fail as they would: after
+    the population's first checkpoint, every write raises PermissionError."""
+    script = f"""
+import sys
+from study import checkpoints, cli, store
+saved = []
+real_save = checkpoints.Checkpoint.save
+def save(self, state):
+    if saved:
+        raise PermissionError(13, "Permission denied", str(self.path))
+    saved.append(real_save(self, state))
+checkpoints.Checkpoint.save = save
+def refuse(path, blob):
+    raise PermissionError(13, "Permission denied", str(path))
+store._write_atomic = refuse
+sys.argv[0] = "sparse_dqn.py"
+sys.exit(cli.main({["train", *SMOKE, "--checkpoint-every", "200", "--out", str(tmp_path), "--no-progress"]!r}))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ONE_THREAD, cwd=ROOT)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "Permission denied" in lines[0], proc.stderr
+    assert "the same command resumes" in lines[0]
+    assert list((tmp_path / ".checkpoints").glob("*.pt"))  # what was saved before stays
