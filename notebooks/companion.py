@@ -280,7 +280,7 @@ def reading(rows: list, numbers: Sequence[int]):
     return Markdown("**Reading.**\n\n" + "\n".join(lines))
 
 
-def width_table(df: pd.DataFrame, regime: str) -> pd.DataFrame:
+def width_table(df: pd.DataFrame, regime: str):
     """Sparsity or width? Each sparse mask against both dense baselines, one regime: differences of
     mean final return with Welch's 95% interval and P(mask > baseline) with its BCa interval.
     Descriptive: not among the planned tests."""
@@ -300,7 +300,7 @@ def width_table(df: pd.DataFrame, regime: str) -> pd.DataFrame:
                 rows.append((TITLES[env], arch, base, f"{x.mean() - y.mean():+.2f} [{lo:+.2f}, {hi:+.2f}]",
                              f"{pi:.2f} [{_fmt(plo)}, {_fmt(phi)}]", f"{len(x)} and {len(y)} seeds"))
     return pd.DataFrame(rows, columns=["game", "mask", "against", "difference [95% CI]",
-                                       "P(mask > baseline) [95% CI]", "runs"])
+                                       "P(mask > baseline) [95% CI]", "runs"]).style.hide(axis="index")
 
 
 def improvement_figure(df: pd.DataFrame, regime: str, pairs: Sequence[tuple[str, str]]):
@@ -411,15 +411,16 @@ def reference_figure(df: pd.DataFrame):
     return fig
 
 
-def reference_reading(df: pd.DataFrame):
-    """Our minatar_cnn beside MinAtar's runs at 400,000 and 500,000 frames, computed, as Markdown."""
+def reference_reading(df: pd.DataFrame, frames: int):
+    """Our minatar_cnn beside MinAtar's runs at 400,000 frames and at the end (`frames`), computed,
+    as Markdown."""
     from IPython.display import Markdown
 
     ours = df[df.arch == "minatar_cnn"]
     ref = reference_runs()
     lines = []
     for env in [e for e in ENVS if e in set(ours.env)]:
-        for frame in (400_000, int(ours["frame"].max())):
+        for frame in sorted({min(400_000, frames), frames}):
             mine = _final_by(ours[ours.env == env], ["seed"], frame)["return"].to_numpy()
             theirs = _final_by(ref[ref.env == env], ["run"], frame)["return"].to_numpy()
             below = int((mine < theirs.min()).sum())
