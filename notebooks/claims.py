@@ -255,8 +255,8 @@ class Row:
                 **self.extra}
 
 
-def _finals(finals, env, regime, arch) -> np.ndarray:
-    """Final returns by seed (ascending) of one cell; finals: a DataFrame of env, arch, regime,
+def cell_returns(finals, env, regime, arch) -> tuple[np.ndarray, np.ndarray]:
+    """(final returns, seeds) of one cell, by seed ascending; finals: a DataFrame of env, arch, regime,
     seed, return."""
     sel = finals[(finals.env == env) & (finals.regime == regime) & (finals.arch == arch)].sort_values("seed")
     return sel["return"].to_numpy(float), sel["seed"].to_numpy()
@@ -270,8 +270,8 @@ def _pending(claim, env, regime, test, comparison, seeds) -> Row:
 
 def _welch_row(claim, finals, env, regime, a, b, kind, power_alpha) -> Row:
     """kind: 'greater' (a > b), 'non-inferior' (a > b - margin), 'non-superior' (a < b + margin)."""
-    x, _ = _finals(finals, env, regime, a)
-    y, _ = _finals(finals, env, regime, b)
+    x, _ = cell_returns(finals, env, regime, a)
+    y, _ = cell_returns(finals, env, regime, b)
     if min(len(x), len(y)) < 2:
         return _pending(claim, env, regime, {"greater": "one-sided Welch t", "non-inferior": "non-inferiority, Welch t",
                                              "non-superior": "non-superiority, Welch t"}[kind],
@@ -299,7 +299,7 @@ def planned_tests(finals, envs: Sequence[str] = ("breakout", "space_invaders")) 
     rows = []
     for env in envs:  # claim 1
         for regime in ("frozen", "learned"):
-            groups = [_finals(finals, env, regime, a)[0] for a in EQUAL_WEIGHT]
+            groups = [cell_returns(finals, env, regime, a)[0] for a in EQUAL_WEIGHT]
             seeds = "/".join(str(len(g)) for g in groups)
             if min(len(g) for g in groups) < 2:
                 rows.append(_pending(1, env, regime, "permutation F", "dense, random, spatial, predictive", seeds))
@@ -311,7 +311,7 @@ def planned_tests(finals, envs: Sequence[str] = ("breakout", "space_invaders")) 
         paired = {}
         for regime in ("frozen", "learned"):
             for a in EQUAL_WEIGHT:
-                x, seeds = _finals(finals, env, regime, a)
+                x, seeds = cell_returns(finals, env, regime, a)
                 paired[(regime, a)] = dict(zip(seeds.tolist(), x))
         common = sorted(set.intersection(*(set(v) for v in paired.values())))
         if len(common) < 2:
@@ -374,12 +374,12 @@ def exploration(finals, envs: Sequence[str] = ("breakout", "space_invaders")) ->
     rows = []
     for env in envs:
         for regime in ("frozen", "learned"):
-            cells = {a: _finals(finals, env, regime, a)[0] for a in EQUAL_WEIGHT}
+            cells = {a: cell_returns(finals, env, regime, a)[0] for a in EQUAL_WEIGHT}
             if min(len(x) for x in cells.values()) < 2:
                 continue
             means = {a: x.mean() for a, x in cells.items()}
             best, worst = max(means, key=means.get), min(means, key=means.get)
-            x, y = _finals(finals, env, regime, best)[0], _finals(finals, env, regime, worst)[0]
+            x, y = cell_returns(finals, env, regime, best)[0], cell_returns(finals, env, regime, worst)[0]
             p, ci = welch(x, y)
             rows.append(Row(1, env, regime, "Welch t, chosen after the fact", f"{best} - {worst} (best - worst)",
                             p, ci, float(x.mean() - y.mean()), f"{len(x)} and {len(y)}", planned=False,

@@ -288,9 +288,9 @@ def width_table(df: pd.DataFrame, regime: str):
     rows = []
     for env in [e for e in ENVS if e in set(finals.env)]:
         for arch in ("random", "spatial", "predictive"):
-            x = finals[(finals.env == env) & (finals.arch == arch)]["return"].to_numpy()
+            x, _ = claims.cell_returns(finals, env, regime, arch)
             for base in ("dense", "dense_wide"):
-                y = finals[(finals.env == env) & (finals.arch == base)]["return"].to_numpy()
+                y, _ = claims.cell_returns(finals, env, regime, base)
                 if min(len(x), len(y)) < 2:
                     rows.append((TITLES[env], arch, base, "–", "–", f"{len(x)} and {len(y)} seeds"))
                     continue
@@ -312,8 +312,7 @@ def improvement_figure(df: pd.DataFrame, regime: str, pairs: Sequence[tuple[str,
                              sharey=True)
     for ax, env in zip(axes[0], envs):
         for i, (a, b) in enumerate(pairs):
-            x = finals[(finals.env == env) & (finals.arch == a)]["return"].to_numpy()
-            y = finals[(finals.env == env) & (finals.arch == b)]["return"].to_numpy()
+            (x, _), (y, _) = claims.cell_returns(finals, env, regime, a), claims.cell_returns(finals, env, regime, b)
             if min(len(x), len(y)) < 2:
                 continue
             p = claims.prob_improvement(x, y)
