@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
+import zlib
 from pathlib import Path
 from typing import Sequence
 
@@ -607,39 +608,66 @@ def capacity_table(chapter: Chapter, archs: Sequence[str] = profiles.FIGURE_ARCH
 # ----------------------------------------------------------------------------------------------
 # The mask explorer: one anywidget, live in Jupyter and static in the book
 # ----------------------------------------------------------------------------------------------
-def _bits(mask, inputs: int) -> str:
-    """A (units, k) index mask as base64 of one bitset per unit: what the explorer's JS decodes."""
+def _deflated(raw: bytes) -> str:
+    """zlib, then base64: what the explorer's JS inflates with the browser's DecompressionStream."""
+    return base64.b64encode(zlib.compress(raw, 9)).decode()
+
+
+def _rows(rows) -> str:
+    """(rows, k) input indices as each row's ascending gaps, LEB128 varints, deflated: a random
+    neighbourhood costs about 5 bits an input, a tenth of a bitset's base64."""
+    out = bytearray()
+    for row in np.sort(np.asarray(rows), axis=1):
+        for gap in np.diff(row, prepend=-1):
+            gap = int(gap)
+            while gap >= 128:
+                out.append(gap & 127 | 128)
+                gap >>= 7
+            out.append(gap)
+    return _deflated(bytes(out))
+
+
+def _entry(mask, inputs: int, centres=None, rebuilt: str | None = None) -> dict:
+    """One (units, k) mask as the explorer's JS reads it (mask_explorer.js, `unitInputs`): units
+    that share a centre and its inputs share one row, so only distinct rows are sent; `rebuilt`
+    ("dense", "spatial") names a mask the browser rebuilds, so none are."""
     mask = np.asarray(mask)
-    dense = np.zeros((mask.shape[0], inputs), bool)
-    dense[np.arange(mask.shape[0])[:, None], mask] = True
-    return base64.b64encode(np.packbits(dense, axis=1, bitorder="little").tobytes()).decode()
+    units, k = mask.shape
+    entry = {"units": units, "k": k, "centres": None, "row_of": "unit"}
+    if centres is not None:
+        centres = np.asarray(centres)
+        distinct, first = np.unique(centres, return_index=True)
+        owner = first[np.searchsorted(distinct, centres)]
+        entry["centres"] = ("modulo" if np.array_equal(centres, np.arange(units) % inputs)
+                            else _deflated(centres.astype("<u2").tobytes()))
+        if np.array_equal(np.sort(mask, axis=1), np.sort(mask[owner], axis=1)):
+            entry["row_of"], mask = "centre", mask[first]
+    entry["rows"] = rebuilt or _rows(mask)
+    return entry
 
 
-def _entry(env: str, mask, centres) -> dict:
-    mask = np.asarray(mask)
-    return {"units": int(mask.shape[0]), "k": int(mask.shape[1]), "bits": _bits(mask, sd.CHANNELS[env] * sd.GRID ** 2),
-            "centres": None if centres is None else [int(c) for c in centres]}
-
-
-def explorer_data(chapter: Chapter, archs: Sequence[str], seeds: Sequence[int]) -> dict:
-    """Every mask the explorer draws: game -> arch -> seed -> bitsets and centres. Masks that do
-    not depend on the seed (dense, spatial) are stored once; L1 masks come from the learned L1
-    runs of the chapter's store (trained if missing)."""
+def explorer_data(chapter: Chapter, archs: Sequence[str], seeds: Sequence[int] | None = None) -> dict:
+    """Every mask the explorer draws, compactly: game -> arch -> {"seeds", "masks": seed -> entry}.
+    A mask that does not depend on the seed (dense, spatial) is sent once, under "*"; L1 masks
+    come from the learned L1 runs of the chapter's store (for a sweep's profile, the seeds it
+    has stored so far)."""
+    seeds = [str(s) for s in (seeds or chapter.seeds)]
     data = {}
     for env in chapter.envs:
-        game = {"channels": list(channel_names(env)), "colours": [f"#{int(r * 255):02x}{int(g * 255):02x}{int(b * 255):02x}"
-                                                                      for r, g, b in minatar_colours(env)[1:]],
-                "archs": {}}
+        game = {"channels": list(channel_names(env)), "inputs": sd.CHANNELS[env] * sd.GRID ** 2, "archs": {}}
         for arch in archs:
-            per_seed = {}
-            for seed in ([seeds[0]] if arch in ("dense", "spatial") else seeds):
-                cfg = chapter.config(env=env, arch=arch, regime="learned" if arch == "l1" else "frozen")
-                if arch == "l1":
-                    per_seed[str(seed)] = _entry(env, chapter.train(cfg, [seed], progress=False)[0].mask, None)
-                else:
-                    per_seed[str(seed)] = _entry(env, sd.build_mask(cfg, seed)[0],
-                                                 None if arch == "dense" else sd.mask_centres(cfg, seed).tolist())
-            game["archs"][arch] = per_seed
+            cfg = chapter.config(env=env, arch=arch, regime="learned" if arch == "l1" else "frozen")
+            if arch == "l1":
+                masks = {str(r.seed): _entry(r.mask, game["inputs"])
+                         for r in chapter.train(cfg, [int(s) for s in seeds], progress=False)}
+            elif arch in ("dense", "dense_wide"):
+                masks = {"*": _entry(sd.build_mask(cfg, 0)[0], game["inputs"], rebuilt="dense")}
+            elif arch == "spatial":
+                masks = {"*": _entry(sd.build_mask(cfg, 0)[0], game["inputs"], sd.mask_centres(cfg, 0), rebuilt="spatial")}
+            else:
+                masks = {s: _entry(sd.build_mask(cfg, int(s))[0], game["inputs"], sd.mask_centres(cfg, int(s)))
+                         for s in seeds}
+            game["archs"][arch] = {"seeds": [s for s in seeds if s in masks or "*" in masks], "masks": masks}
         data[env] = game
     return data
 
@@ -669,6 +697,24 @@ class MaskExplorer(anywidget.AnyWidget):
             raise ValueError(f"mask of shape {mask.shape} and dtype {mask.dtype} is not allowed; expected a "
                              f"(units, k) integer tensor of indices in 0..{inputs - 1}")
         data = json.loads(json.dumps(self.data))
-        data[env]["archs"][name] = {"0": _entry(env, mask, centres)}
+        data[env]["archs"][name] = {"seeds": ["0"], "masks": {"0": _entry(mask, inputs, centres)}}
         self.start = {"env": env, "arch": name, "seed": "0"}
         self.data = data
+
+    def static_html(self) -> str:
+        """The explorer without a widget manager: the same view, its model a few lines over the
+        data, written once into the page. The book shows this (text/html, which _config.yml ranks
+        above the widget's own output); Jupyter shows the live widget."""
+        tail = "export default { render };"
+        view = self._esm.rstrip()
+        if not view.endswith(tail):
+            raise ValueError(f"mask_explorer.js must end with {tail!r}, the line static_html replaces")
+        state = json.dumps({"data": self.data, "start": self.start}, separators=(",", ":")).replace("</", "<\\/")
+        uid = f"mx-{zlib.crc32(state.encode()):08x}"
+        return (f'<style>{self._css}</style><div id="{uid}"></div>\n<script type="module">\n{view[:-len(tail)]}'
+                f'const state = {state};\nrender({{model: {{get: (key) => state[key], on: () => {{}}}}, '
+                f'el: document.getElementById("{uid}")}});\n</script>')
+
+    def _repr_mimebundle_(self, **kwargs):
+        data, metadata = super()._repr_mimebundle_(**kwargs)
+        return {**data, "text/html": self.static_html()}, metadata

@@ -1,6 +1,6 @@
 // The mask explorer's view (an anywidget ES module). It draws from the model's `data` alone, so
-// the same code runs in a live notebook and in the static book, where the html-manager replays
-// the saved widget state without a kernel. Layout of `data`: see companion.explorer_data.
+// the same code runs in a live notebook and in the static book, where MaskExplorer.static_html
+// stands in for the model, with no widget manager. Layout of `data`: companion.explorer_data.
 const GRID = 10;
 const OFF = "#440154", ON = "#fde725";  // viridis ends, as the paper's mask figures
 
@@ -30,14 +30,54 @@ function decode(b64) {
   return bytes;
 }
 
-// The inputs of one unit, from a bitset per unit (numpy packbits, little bit order).
-function unitInputs(entry, unit, inputs) {
-  const stride = Math.ceil(inputs / 8);
-  if (!entry._bytes) entry._bytes = decode(entry.bits);
-  const out = [];
-  for (let i = 0; i < inputs; i++) {
-    if (entry._bytes[unit * stride + (i >> 3)] & (1 << (i & 7))) out.push(i);
+// companion._deflated: base64 of zlib, which the browser inflates itself ("deflate" is zlib's format).
+async function inflate(b64) {
+  const stream = new Blob([decode(b64)]).stream().pipeThrough(new DecompressionStream("deflate"));
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
+// companion._rows: each row's k inputs as ascending gaps, LEB128 varints.
+function readRows(bytes, k) {
+  const rows = [];
+  for (let i = 0; i < bytes.length;) {
+    const row = [];
+    for (let j = 0, at = -1; j < k; j++) {
+      let gap = 0, shift = 0, b;
+      do { b = bytes[i++]; gap |= (b & 127) << shift; shift += 7; } while (b & 128);
+      row.push(at += gap);
+    }
+    rows.push(row);
   }
+  return rows;
+}
+
+// sparse_dqn.spatial_mask, rebuilt: the k inputs nearest the centre's grid location (every channel
+// of a location equally near), ties to the lower flat index; ascending, as every row sent.
+function spatialRow(centre, k, inputs) {
+  const plane = GRID * GRID, r = Math.floor((centre % plane) / GRID), q = centre % GRID;
+  const far = (i) => (Math.floor((i % plane) / GRID) - r) ** 2 + ((i % GRID) - q) ** 2;
+  return Array.from({ length: inputs }, (_, i) => i)
+    .sort((a, b) => far(a) - far(b) || a - b).slice(0, k).sort((a, b) => a - b);
+}
+
+// An entry of companion._entry, unpacked once: each unit's centre (or null) and inputs.
+const unpacked = new WeakMap();
+async function unpack(entry, inputs) {
+  if (unpacked.has(entry)) return unpacked.get(entry);
+  const centres = entry.centres === null ? null
+    : entry.centres === "modulo" ? Array.from({ length: entry.units }, (_, u) => u % inputs)
+    : Array.from(new Uint16Array((await inflate(entry.centres)).buffer));  // little-endian, as every browser
+  let rowOf = (u) => u, rows = null, distinct = null;
+  if (entry.row_of === "centre") {
+    distinct = [...new Set(centres)].sort((a, b) => a - b);
+    const index = new Map(distinct.map((c, i) => [c, i]));
+    rowOf = (u) => index.get(centres[u]);
+  }
+  if (entry.rows === "spatial") rows = distinct.map((c) => spatialRow(c, entry.k, inputs));
+  else if (entry.rows !== "dense") rows = readRows(await inflate(entry.rows), entry.k);
+  const every = Array.from({ length: inputs }, (_, i) => i);
+  const out = { centre: (u) => (centres ? centres[u] : null), inputs: (u) => (rows ? rows[rowOf(u)] : every) };
+  unpacked.set(entry, out);
   return out;
 }
 
@@ -86,23 +126,29 @@ function render({ model, el: root }) {
     options(game, envs, null, start.env ?? game.value);
     const g = data[game.value];
     options(arch, Object.keys(g.archs), null, start.arch ?? arch.value);
-    options(seed, Object.keys(g.archs[arch.value]), null, start.seed ?? seed.value);
+    options(seed, g.archs[arch.value].seeds, null, String(start.seed ?? seed.value));
     options(channel, g.channels.map((_, i) => String(i)), g.channels, String(start.channel ?? channel.value));
-    const entry = g.archs[arch.value][seed.value];
+    const entry = current();
     for (const input of [unit, unitNumber]) input.max = entry.units - 1;
     const u = Math.min(Number(start.unit ?? unit.value) || 0, entry.units - 1);
     unit.value = unitNumber.value = u;
     draw();
   }
 
-  function draw() {
-    const g = model.get("data")[game.value];
-    const entry = g.archs[arch.value][seed.value];
+  function current() {
+    const a = model.get("data")[game.value].archs[arch.value];
+    return a.masks[seed.value] ?? a.masks["*"];
+  }
+
+  let latest = 0;  // a newer draw supersedes one still unpacking its mask
+  async function draw() {
+    const g = model.get("data")[game.value], entry = current(), ticket = ++latest;
     const u = Math.max(0, Math.min(Number(unitNumber.value) || 0, entry.units - 1));
     unit.value = unitNumber.value = u;  // a unit past the last one is the last one
     const channels = g.channels.length, ch = Number(channel.value), plane = GRID * GRID;
-    const inputs = unitInputs(entry, u, channels * plane);
-    const centre = entry.centres ? entry.centres[u] : null;
+    const mask = await unpack(entry, g.inputs);
+    if (ticket !== latest) return;
+    const inputs = mask.inputs(u), centre = mask.centre(u);
     const here = new Array(plane).fill(OFF), counts = new Array(plane).fill(0);
     for (const i of inputs) {
       if (Math.floor(i / plane) === ch) here[i % plane] = ON;
@@ -119,6 +165,7 @@ function render({ model, el: root }) {
     const onChannel = inputs.filter((i) => Math.floor(i / plane) === ch).length;
     info.textContent = `${arch.value}, unit ${u} of ${entry.units}: ${inputs.length} inputs, ${onChannel} on this channel; ${where}`;
     root.dataset.inputs = inputs.join(",");  // for tests and for copying
+    root.dataset.shown = [game.value, arch.value, seed.value, u, ch].join("|");
   }
 
   for (const select of [game, arch, seed]) select.addEventListener("change", () => sync());

@@ -2,6 +2,7 @@
 answers are known."""
 import base64
 import sys
+import zlib
 from pathlib import Path
 
 import matplotlib
@@ -99,20 +100,47 @@ def test_the_palette_stays_apart_for_colour_blind_readers_and_controls_are_dashe
     assert styles["dense_wide"] != styles["dense"]
 
 
-def test_the_explorers_bitsets_hold_exactly_each_units_inputs():
-    mask = np.array([[0, 5, 399], [7, 8, 9]])
-    bits = np.frombuffer(base64.b64decode(bk._bits(mask, 400)), np.uint8).reshape(2, 50)
-    on = np.unpackbits(bits, axis=1, bitorder="little")
-    assert [list(np.flatnonzero(r)) for r in on] == [[0, 5, 399], [7, 8, 9]]
+def _read_rows(entry):
+    """companion._rows read back: each row's ascending gaps as LEB128 varints, deflated."""
+    raw, rows, i = zlib.decompress(base64.b64decode(entry["rows"])), [], 0
+    while i < len(raw):
+        row, at = [], -1
+        for _ in range(entry["k"]):
+            gap = shift = 0
+            while True:
+                gap |= (raw[i] & 127) << shift
+                shift, i = shift + 7, i + 1
+                if not raw[i - 1] & 128:
+                    break
+            row.append(at := at + gap)
+        rows.append(row)
+    return rows
+
+
+def test_the_explorer_sends_each_distinct_neighbourhood_once_and_small():
+    cfg = bk.profiles.profile_config("study", env="breakout", arch="random")
+    mask = bk.sd.build_mask(cfg, 3)[0].numpy()
+    entry = bk._entry(mask, 400, bk.sd.mask_centres(cfg, 3))
+    assert entry["centres"] == "modulo" and entry["row_of"] == "centre"
+    assert _read_rows(entry) == [sorted(r) for r in mask[:400].tolist()]  # 1,200 units, 400 neighbourhoods
+    assert len(entry["rows"]) < 14_000  # a bitset per unit would be 80,000 characters
+    moved = np.array([5, 9, 5, 400 + 2])  # centres as predictive's, units 0 and 2 sharing one
+    rows = np.array([[1, 2], [3, 300], [2, 1], [0, 799]])
+    entry = bk._entry(rows, 800, moved)
+    assert entry["row_of"] == "centre" and _read_rows(entry) == [[1, 2], [3, 300], [0, 799]]
+    assert np.frombuffer(zlib.decompress(base64.b64decode(entry["centres"])), "<u2").tolist() == moved.tolist()
+    assert _read_rows(bk._entry(rows, 800)) == [[1, 2], [3, 300], [1, 2], [0, 799]]  # no centres: a row a unit
 
 
 def test_the_explorer_takes_a_users_mask_and_refuses_a_bad_one():
-    w = bk.MaskExplorer(data={"breakout": {"channels": ["a", "b", "c", "d"], "colours": [], "archs": {}}})
+    w = bk.MaskExplorer(data={"breakout": {"channels": ["a", "b", "c", "d"], "inputs": 400, "archs": {}}})
     w.add_mask("mine", "breakout", np.array([[1, 2], [3, 4]]))
-    assert w.data["breakout"]["archs"]["mine"]["0"]["units"] == 2 and w.start["arch"] == "mine"
+    assert w.data["breakout"]["archs"]["mine"]["masks"]["0"]["units"] == 2 and w.start["arch"] == "mine"
     with pytest.raises(ValueError, match=r"indices in 0\.\.399") as err:
         w.add_mask("bad", "breakout", np.array([[1, 400]]))
     assert "\n" not in str(err.value)
+    html = w.static_html()  # what the book shows: the view and its data, no widget manager
+    assert html.count('<script type="module">') == 1 and "export default" not in html and '"mine"' in html
 
 
 def test_the_reading_counts_what_each_claims_tests_found():

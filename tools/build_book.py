@@ -4,8 +4,8 @@
 
 Each notebook runs into a staging folder and is copied into `executed/` only when papermill
 succeeded; a failing notebook stops the build with that cell's error, so no error page is ever
-published. The widget and MathJax JavaScript are fetched from npm into `_vendor` so the
-built book works offline; when npm is unreachable the book falls back to the CDN defaults.
+published. MathJax is fetched from npm into `_vendor` so the built book works offline; when
+npm is unreachable the book falls back to its CDN.
 """
 import argparse
 import json
@@ -23,19 +23,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from study import profiles, store  # noqa: E402
 
-NPM_PACKAGES = ["@jupyter-widgets/html-manager@1.0.7", "requirejs@2.3.8", "mathjax@3.2.2", "anywidget@0.11.0"]
-# RequireJS paths for the widget manager: anywidget's AMD build is ours, not a CDN's, and the
-# manager's own module path points at our copy so that its fonts load from there, not beside the
-# page. Both are found beside this script, wherever the page sits.
-WIDGET_PATHS = """const here = document.currentScript.src.replace(/[^/]*$/, "");
-requirejs.config({paths: {anywidget: here + "anywidget/index", "@jupyter-widgets/html-manager/dist": here + "html-manager",
-                           "@jupyter-widgets/html-manager": here + "html-manager/embed-amd"}});
-"""
+NPM_PACKAGES = ["mathjax@3.2.2"]
 
 
 def fetch_static(vendor: Path) -> bool:
-    """Vendor the widget manager, anywidget, RequireJS and MathJax from npm into `vendor` (not
-    _static: Jupyter Book would load every script in it); False, with a warning, when npm fails."""
+    """Vendor MathJax from npm into `vendor` (not _static: Jupyter Book would load every script
+    in it); False, with a warning, when npm fails."""
     if (vendor / ".complete").exists():
         return True
     with tempfile.TemporaryDirectory() as tmp:
@@ -43,18 +36,11 @@ def fetch_static(vendor: Path) -> bool:
             subprocess.run(["npm", "install", "--no-save", "--no-audit", "--no-fund", "--prefix", tmp,
                             *NPM_PACKAGES], check=True, capture_output=True, timeout=300)
         except (OSError, subprocess.SubprocessError) as err:
-            print(f"warning: npm could not fetch the book's JavaScript ({type(err).__name__}); the book "
-                  "will load widgets and MathJax from their CDNs and needs the internet", file=sys.stderr)
+            print(f"warning: npm could not fetch MathJax ({type(err).__name__}); the book will load it from "
+                  "its CDN and needs the internet for its equations", file=sys.stderr)
             return False
-        modules = Path(tmp) / "node_modules"
         shutil.rmtree(vendor, ignore_errors=True)
-        shutil.copytree(modules / "@jupyter-widgets/html-manager/dist", vendor / "html-manager",
-                        ignore=shutil.ignore_patterns("*.map"))
-        shutil.copy(modules / "requirejs/require.js", vendor / "require.js")
-        shutil.copytree(modules / "mathjax/es5", vendor / "mathjax")
-        (vendor / "anywidget").mkdir()
-        shutil.copy(modules / "anywidget/dist/index.js", vendor / "anywidget" / "index.js")
-        (vendor / "widget-paths.js").write_text(WIDGET_PATHS)
+        shutil.copytree(Path(tmp) / "node_modules" / "mathjax" / "es5", vendor / "mathjax")
     (vendor / ".complete").touch()
     return True
 
@@ -72,6 +58,7 @@ def run_notebooks(notebooks: Path, profile: str, staging: Path, executed: Path, 
             sys.exit(f"error: notebook {nb.name} failed in cell {err.exec_count}: {err.ename}: {err.evalue}")
         timings[nb.stem] = time.perf_counter() - start
         book_copy = json.loads(out.read_text())
+        book_copy["metadata"].pop("widgets", None)  # the explorer draws from its own output, not this state
         for cell in book_copy["cells"]:
             tags = cell.get("metadata", {}).get("tags", [])
             if "injected-parameters" in tags:
@@ -129,8 +116,7 @@ def build_config(root: Path, profile: str, offline: bool, stored: tuple[int, int
     config.setdefault("parse", {})["myst_substitutions"] = scale_statement(profile, stored)
     sphinx = config["sphinx"]["config"]
     if not offline:
-        for key in ("nb_ipywidgets_js", "mathjax_path"):  # both point into _vendor
-            sphinx.pop(key)
+        sphinx.pop("mathjax_path")  # points into _vendor
         sphinx["html_static_path"] = [p for p in sphinx["html_static_path"] if p != "_vendor"]
     sphinx["html_static_path"] = [str(root / p) for p in sphinx["html_static_path"]]
     config["sphinx"]["local_extensions"] = {k: str(root / v) for k, v in config["sphinx"]["local_extensions"].items()}

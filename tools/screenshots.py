@@ -1,6 +1,6 @@
 """Screenshots of every page of the built book as a reader meets it, at a laptop's width (1,280 px)
-and a phone's (390 px), in Debian's chromium, offline; and, per page, whether content is wider
-than the viewport outside a scroll box.
+and a phone's (390 px), in Debian's chromium, offline; per page, whether content is wider than the
+viewport outside a scroll box, and what the page weighs against the book's budgets.
 
     python tools/screenshots.py                  # _build/html -> _build/screenshots/<page>-<width>.png
     python tools/screenshots.py --pages intro 03_frozen --widths 390
@@ -8,6 +8,7 @@ than the viewport outside a scroll box.
 import argparse
 import shutil
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -28,6 +29,37 @@ OVERFLOW = """() => {
 }"""
 
 
+MB = 1_000_000
+# What a reader downloads to open a page: the emptiest page at most EMPTIEST; any other page at most
+# PAGE beyond it, MATHS where it has equations (MathJax), and the masks page, with the explorer's
+# data, EXPLORER.
+EMPTIEST, PAGE, MATHS, EXPLORER = 2.5 * MB, 1.0 * MB, 1.5 * MB, 3.0 * MB
+
+
+def loaded(page) -> set[str]:
+    """Collects, into the set returned, every URL the page requests from now on."""
+    urls = set()
+    page.on("requestfinished", lambda request: urls.add(request.url))
+    return urls
+
+
+def weight(urls: set[str]) -> int:
+    """Bytes on disk of the distinct files behind a page's file: URLs."""
+    files = {Path(unquote(urlparse(u).path)) for u in urls if u.startswith("file:")}
+    return sum(f.stat().st_size for f in files if f.is_file())
+
+
+def over_budget(weights: dict[Path, int]) -> list[str]:
+    """One line per page over its budget (see EMPTIEST), empty when every page is within."""
+    floor = min(weights.values())
+    problems = [f"the emptiest page weighs {floor / MB:.2f} MB > {EMPTIEST / MB} MB"] if floor > EMPTIEST else []
+    for path, size in weights.items():
+        extra = EXPLORER if path.stem == "02_masks" else MATHS if 'class="math' in path.read_text() else PAGE
+        if size - floor > extra:
+            problems.append(f"{path.stem} weighs {(size - floor) / MB:.2f} MB beyond the emptiest page > {extra / MB} MB")
+    return problems
+
+
 def pages(html: Path) -> list[Path]:
     return sorted(p for p in html.rglob("*.html") if p.parent.name in ("book", "executed"))
 
@@ -43,6 +75,7 @@ def main():
 
     args.out.mkdir(parents=True, exist_ok=True)
     chosen = [p for p in pages(args.html) if not args.pages or p.stem in args.pages]
+    weights = {}
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
@@ -50,17 +83,21 @@ def main():
             context = browser.new_context(offline=True, viewport={"width": width, "height": 900})
             for path in chosen:
                 page = context.new_page()
+                urls = loaded(page)
                 page.goto(path.as_uri())
                 page.wait_for_load_state("load")
                 page.wait_for_timeout(800)
                 shot = args.out / f"{path.stem}-{width}.png"
                 page.screenshot(path=str(shot), full_page=True)
                 cut = page.evaluate(OVERFLOW)
-                print(f"{shot.relative_to(ROOT) if shot.is_relative_to(ROOT) else shot}"
+                weights[path] = weight(urls)
+                print(f"{shot.relative_to(ROOT) if shot.is_relative_to(ROOT) else shot}  {weights[path] / MB:.2f} MB"
                       + (f"  wider than the page: {cut}" if cut else ""))
                 page.close()
             context.close()
         browser.close()
+    if not args.pages:
+        print("\n".join(over_budget(weights)) or "every page within its weight budget")
 
 
 if __name__ == "__main__":
