@@ -483,19 +483,24 @@ def draw_frame(env: str, frame: np.ndarray, ax=None, legend: bool = True):
     return ax
 
 
-def channels_figure(env: str, frame: np.ndarray):
-    """One observation channel by channel (a 10x10 binary grid each), then as MinAtar draws it."""
-    names = channel_names(env)
-    fig, axes = plt.subplots(1, len(names) + 1, figsize=(2.0 * (len(names) + 1), 2.4))
-    grid = frame.reshape(len(names), sd.GRID, sd.GRID)
-    for ax, name, plane in zip(axes, names, grid):
-        ax.imshow(plane, cmap="gray_r", vmin=0, vmax=1)
-        ax.set_title(name, fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    draw_frame(env, frame, axes[-1], legend=False)
-    axes[-1].set_title("as MinAtar draws it", fontsize=10)
-    fig.suptitle(TITLES[env])
+def channels_figure(frames: dict):
+    """One observation per game (env -> frame), channel by channel (a 10x10 binary grid each),
+    then as MinAtar draws it: a row per game."""
+    width = max(sd.CHANNELS[env] for env in frames) + 1
+    fig, rows = plt.subplots(len(frames), width, figsize=(1.6 * width, 2.0 * len(frames)), squeeze=False)
+    for axes, (env, frame) in zip(rows, frames.items()):
+        names = channel_names(env)
+        for ax, name, plane in zip(axes, names, frame.reshape(len(names), sd.GRID, sd.GRID)):
+            ax.imshow(plane, cmap="gray_r", vmin=0, vmax=1)
+            ax.set_title(name, fontsize=10)
+        draw_frame(env, frame, axes[-1], legend=False)
+        axes[-1].set_title(f"{TITLES[env]}: all", fontsize=10)
+        axes[0].set_ylabel(TITLES[env])
+        for ax in axes[len(names):-1]:
+            ax.axis("off")
+        for ax in axes:
+            ax.set_xticks([])
+            ax.set_yticks([])
     fig.tight_layout()
     return fig
 
@@ -518,26 +523,28 @@ def animation(env: str, movie: Sequence[np.ndarray], fps: int = 8):
     buf = io.BytesIO()
     pictures[0].save(buf, format="GIF", save_all=True, append_images=pictures[1:], duration=1000 // fps, loop=0)
     gif = base64.b64encode(buf.getvalue()).decode()
-    return HTML(f'<img alt="{TITLES[env]}, random play" src="data:image/gif;base64,{gif}">')
+    return HTML(f'<img alt="{TITLES[env]}: {len(movie)} frames of uniformly random play, animated" '
+                f'src="data:image/gif;base64,{gif}">')
 
 
-def plot_mask(env: str, inputs: Sequence[int], centre: int | None, title: str = ""):
-    """One neighbourhood as the paper's Figures 4 and 5 draw it, a 10x10 panel per channel: the
-    inputs that are on in yellow, the centre entry marked with a red X."""
+def plot_masks(env: str, neighbourhoods: Sequence[tuple[str, Sequence[int], int | None]]):
+    """Neighbourhoods as the paper's Figures 4 and 5 draw them, one row each of (title, inputs,
+    centre), a 10x10 panel per channel: the inputs that are on in yellow, the centre entry
+    marked with a red X (no centre: None)."""
     channels = sd.CHANNELS[env]
-    fig, axes = plt.subplots(1, channels, figsize=(1.9 * channels, 2.3))
-    grid = np.zeros(channels * sd.GRID * sd.GRID)
-    grid[list(inputs)] = 1
-    grid = grid.reshape(channels, sd.GRID, sd.GRID)
-    for ch, (ax, name) in enumerate(zip(axes, channel_names(env))):
-        ax.imshow(grid[ch], cmap="viridis", vmin=0, vmax=1)
-        if centre is not None and centre // (sd.GRID * sd.GRID) == ch:
-            ax.plot(centre % sd.GRID, (centre // sd.GRID) % sd.GRID, "x", color="red", ms=10, mew=3)
-        ax.set_title(name, fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if title:
-        fig.suptitle(title)
+    fig, rows = plt.subplots(len(neighbourhoods), channels, figsize=(1.9 * channels, 2.1 * len(neighbourhoods)),
+                             squeeze=False)
+    for axes, (title, inputs, centre) in zip(rows, neighbourhoods):
+        grid = np.zeros(channels * sd.GRID * sd.GRID)
+        grid[list(inputs)] = 1
+        for ch, (ax, name, plane) in enumerate(zip(axes, channel_names(env), grid.reshape(channels, sd.GRID, sd.GRID))):
+            ax.imshow(plane, cmap="viridis", vmin=0, vmax=1)
+            if centre is not None and centre // (sd.GRID * sd.GRID) == ch:
+                ax.plot(centre % sd.GRID, (centre // sd.GRID) % sd.GRID, "x", color="red", ms=10, mew=3)
+            ax.set_title(name, fontsize=10)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0].set_ylabel(title, fontsize=11)
     fig.tight_layout()
     return fig
 

@@ -57,6 +57,20 @@ def test_injected_parameters_are_hidden(book):
     assert 'profile = "smoke"' not in html
 
 
+def test_every_figure_has_a_numbered_caption_and_alt_text_that_describes_it(book):
+    import re
+
+    for path in pages(book):
+        html = path.read_text()
+        for img in re.findall(r"<img [^>]*>", html):
+            alt = re.search(r'alt="([^"]*)"', img)
+            assert alt and len(alt.group(1).split()) >= 4 and not alt.group(1).endswith((".png", ".svg")), (path.stem, img[:200])
+        figures = re.findall(r"<figure.*?</figure>", html, flags=re.S)
+        assert all(re.search(r'<span class="caption-number">Fig\. \d+', f) for f in figures), path.stem
+        plots = len(re.findall(r'<img [^>]*src="[^"]*_images/', html))
+        assert plots == sum("_images/" in f for f in figures), (path.stem, "a plot outside a captioned figure")
+
+
 def pages(book):
     html = book / "_build" / "html"
     return sorted(p for p in html.rglob("*.html") if "_static" not in p.parts and p.name not in ("genindex.html", "search.html"))
