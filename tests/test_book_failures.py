@@ -50,16 +50,15 @@ def test_a_notebook_that_raises_stops_the_build_with_its_error_and_publishes_not
     assert not list((root / "_build").rglob("*.html"))
 
 
-def test_without_npm_the_book_warns_and_builds_with_cdn_scripts(tmp_path):
-    src = mini_book(tmp_path, "import ipywidgets\nipywidgets.IntSlider(3)")
+def test_without_npm_the_book_warns_and_builds_with_mathjax_from_its_cdn(tmp_path):
+    src = mini_book(tmp_path, 'from IPython.display import Math\nMath(r"\\frac{1}{k}")')
     closed = dict(ENV, npm_config_registry="http://127.0.0.1:9/", npm_config_cache=str(tmp_path / "npm-cache"),
                   npm_config_fetch_retries="0", npm_config_offline="false")
     proc = build(src, tmp_path / "root", "--profile", "smoke", env=closed)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "warning: npm could not fetch the book's JavaScript" in proc.stderr
+    assert "warning: npm could not fetch MathJax" in proc.stderr
     page = (tmp_path / "root" / "_build" / "html" / "executed" / "01_chapter.html").read_text()
-    assert "cdn.jsdelivr.net" in page or "unpkg.com" in page
-    assert "_static/widget-paths.js" not in page
+    assert "cdn.jsdelivr.net/npm/mathjax" in page and "_static/mathjax" not in page
 
 
 def test_a_bad_profile_or_an_unwritable_results_directory_stops_before_anything_runs(tmp_path):
