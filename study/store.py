@@ -74,7 +74,7 @@ class Store:
             return None
 
     def save(self, run: sd.RunResult):
-        _write_atomic(result_path(self.root, run.config, run.seed), run_to_json(run))
+        write_atomic(result_path(self.root, run.config, run.seed), run_to_json(run))
 
     def checkpoint(self, agents: Sequence[tuple[sd.Config, int]]) -> Checkpoint:
         return Checkpoint(checkpoint_path(self.root, agents))
@@ -119,7 +119,7 @@ def checksum(blob: dict) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
-def _write_atomic(path: Path, blob: dict):
+def write_atomic(path: Path, blob: dict):
     """Write to a temporary file beside the target, then rename: a reader sees all or nothing.
     The file carries a checksum of its contents."""
     path.parent.mkdir(parents=True, exist_ok=True)

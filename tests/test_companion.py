@@ -1,6 +1,7 @@
 """The book's statistics, claims and figures (notebooks/companion.py), on synthetic runs whose
 answers are known."""
 import base64
+import json
 import sys
 import zlib
 from pathlib import Path
@@ -148,3 +149,16 @@ def test_the_reading_counts_what_each_claims_tests_found():
     text = bk.reading(rows, [1, 7]).data
     assert "- Claim 1 (the paper's): 2 of 2 planned tests find what it says." in text
     assert "- Claim 7 (a summary's): 0 of 1 planned tests find what it says; 1 wait for the sweep's runs." in text
+
+
+def test_a_predictive_mask_for_the_explorer_is_computed_once_and_a_damaged_copy_made_again(tmp_path, monkeypatch):
+    chapter = bk.Chapter("02_masks", "smoke", str(tmp_path), ["breakout"])
+    cfg = chapter.config(env="breakout", arch="predictive")
+    first = bk._stored_entry(chapter, cfg, 0)
+    (path,) = (tmp_path / "masks").iterdir()
+    assert path.name == f"{cfg.key()}-seed_0.json"
+    monkeypatch.setattr(bk.sd, "build_mask", lambda *a: pytest.fail("PAN ran again for a stored mask"))
+    assert bk._stored_entry(chapter, cfg, 0) == first
+    monkeypatch.undo()
+    path.write_text(path.read_text()[:-40])
+    assert bk._stored_entry(chapter, cfg, 0) == first and json.loads(path.read_text())["entry"] == first

@@ -175,7 +175,7 @@ def save(self, state):
 checkpoints.Checkpoint.save = save
 def refuse(path, blob):
     raise PermissionError(13, "Permission denied", str(path))
-store._write_atomic = refuse
+store.write_atomic = refuse
 sys.argv[0] = "sparse_dqn.py"
 sys.exit(cli.main({["train", *SMOKE, "--checkpoint-every", "200", "--out", str(tmp_path), "--no-progress"]!r}))
 """
