@@ -124,6 +124,9 @@ def open_page(browser, path, width=1280, height=900):
 
 
 def test_every_page_renders_offline_without_a_failed_request_or_console_error(book, browser):
+    sys.path.insert(0, str(ROOT / "tools"))
+    import screenshots
+
     built = pages(book)
     assert {p.stem for p in built} >= set(NOTEBOOKS) | {"intro", "methods", "choices", "reproducing", "references"}
     for path in built:
@@ -139,6 +142,7 @@ def test_every_page_renders_offline_without_a_failed_request_or_console_error(bo
             assert page.evaluate("el => el.naturalWidth", figures.first.element_handle()) > 0
         if path.stem == "methods":
             page.wait_for_selector("mjx-container", timeout=10_000)  # MathJax, from our own copy
+        assert page.evaluate(screenshots.TABLES_CUT) == [], path.name  # every table fits a laptop's page
         assert page.problems == [], (path.name, page.problems)
         page.context.close()
 
