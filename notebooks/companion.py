@@ -635,7 +635,7 @@ def _rows(rows) -> str:
 
 
 def _entry(mask, inputs: int, centres=None, rebuilt: str | None = None) -> dict:
-    """One (units, k) mask as the explorer's JS reads it (mask_explorer.js, `unitInputs`): units
+    """One (units, k) mask as the explorer's JS reads it (mask_explorer.js, `unpack`): units
     that share a centre and its inputs share one row, so only distinct rows are sent; `rebuilt`
     ("dense", "spatial") names a mask the browser rebuilds, so none are."""
     mask = np.asarray(mask)
@@ -653,6 +653,10 @@ def _entry(mask, inputs: int, centres=None, rebuilt: str | None = None) -> dict:
     return entry
 
 
+def _mask_entry(cfg: sd.Config, seed: int) -> dict:
+    return _entry(sd.build_mask(cfg, seed)[0], cfg.input_size, sd.mask_centres(cfg, seed))
+
+
 EXPLORER_FORMAT = 1
 """The layout of _entry's output; a stored entry of another layout is made again."""
 
@@ -668,7 +672,7 @@ def _stored_entry(chapter: Chapter, cfg: sd.Config, seed: int) -> dict:
             return blob["entry"]
     except (OSError, ValueError, KeyError):
         pass
-    entry = _entry(sd.build_mask(cfg, seed)[0], cfg.input_size, sd.mask_centres(cfg, seed))
+    entry = _mask_entry(cfg, seed)
     store.write_atomic(path, {"format": EXPLORER_FORMAT, "entry": entry})
     return entry
 
@@ -694,8 +698,7 @@ def explorer_data(chapter: Chapter, archs: Sequence[str], seeds: Sequence[int] |
             elif arch == "predictive":
                 masks = {s: _stored_entry(chapter, cfg, int(s)) for s in seeds}
             else:
-                masks = {s: _entry(sd.build_mask(cfg, int(s))[0], game["inputs"], sd.mask_centres(cfg, int(s)))
-                         for s in seeds}
+                masks = {s: _mask_entry(cfg, int(s)) for s in seeds}
             game["archs"][arch] = {"seeds": [s for s in seeds if s in masks or "*" in masks], "masks": masks}
         data[env] = game
     return data

@@ -29,7 +29,8 @@ NPM_PACKAGES = ["mathjax@3.2.2"]
 def fetch_static(vendor: Path) -> bool:
     """Vendor MathJax from npm into `vendor` (not _static: Jupyter Book would load every script
     in it); False, with a warning, when npm fails."""
-    if (vendor / ".complete").exists():
+    done = vendor / ".complete"  # names what it holds: another list of packages is fetched anew
+    if done.exists() and done.read_text() == " ".join(NPM_PACKAGES):
         return True
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -41,7 +42,7 @@ def fetch_static(vendor: Path) -> bool:
             return False
         shutil.rmtree(vendor, ignore_errors=True)
         shutil.copytree(Path(tmp) / "node_modules" / "mathjax" / "es5", vendor / "mathjax")
-    (vendor / ".complete").touch()
+    done.write_text(" ".join(NPM_PACKAGES))
     return True
 
 
