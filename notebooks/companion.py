@@ -11,6 +11,7 @@ Every notebook starts with
 from __future__ import annotations
 
 import base64
+import html
 import json
 import sys
 import zlib
@@ -238,10 +239,13 @@ def final_display(table: pd.DataFrame):
     return shown.style.hide(axis="index")
 
 
-def _scrolling(frame: pd.DataFrame) -> str:
-    """A claims table as HTML in its own sideways-scrolling box (a phone's width)."""
-    table = frame.style.hide(axis="index").set_table_attributes('class="claims"').to_html()
-    return f'<div class="table-scroll">{table}</div>'
+def _claims_html(frame: pd.DataFrame) -> str:
+    """A claims table as HTML: each cell labelled with its column, so that on a phone's width each
+    row reflows into a card of labelled lines (companion.css) instead of scrolling sideways."""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
+    body = "".join("<tr>" + "".join(f'<td data-label="{html.escape(c)}">{html.escape(str(v))}</td>'
+                                    for c, v in row.items()) + "</tr>" for _, row in frame.iterrows())
+    return f'<div class="table-scroll"><table class="claims"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def claims_tables(rows: list, explored: list, numbers: Sequence[int]):
@@ -259,11 +263,11 @@ def claims_tables(rows: list, explored: list, numbers: Sequence[int]):
             continue
         quotes = "; ".join(f"**{n}.** *\"{claims.CLAIMS[n][2]}\"* ({claims.CLAIMS[n][1]})" for n in shown)
         display(Markdown(f"**{title}.** {note} {quotes}."))
-        display(HTML(_scrolling(claims_frame(rows, shown))))
+        display(HTML(_claims_html(claims_frame(rows, shown))))
     mine = [r for r in explored if r.claim in numbers]
     if mine:
         display(Markdown("**Exploration**, chosen after looking at the runs: uncorrected, and it decides nothing."))
-        display(HTML(_scrolling(claims_frame(mine))))
+        display(HTML(_claims_html(claims_frame(mine))))
 
 
 def reading(rows: list, numbers: Sequence[int]):
