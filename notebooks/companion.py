@@ -239,9 +239,10 @@ def final_display(table: pd.DataFrame):
     return shown.style.hide(axis="index")
 
 
-def _claims_html(frame: pd.DataFrame) -> str:
-    """A claims table as HTML: each cell labelled with its column, so that on a phone's width each
-    row reflows into a card of labelled lines (companion.css) instead of scrolling sideways."""
+def claims_html(frame: pd.DataFrame) -> str:
+    """A claims table as HTML (here and in the intro): each cell labelled with its column, so that
+    on a phone's width each row reflows into a card of labelled lines (companion.css) instead of
+    scrolling sideways."""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
     body = "".join("<tr>" + "".join(f'<td data-label="{html.escape(c)}">{html.escape(str(v))}</td>'
                                     for c, v in row.items()) + "</tr>" for _, row in frame.iterrows())
@@ -263,11 +264,11 @@ def claims_tables(rows: list, explored: list, numbers: Sequence[int]):
             continue
         quotes = "; ".join(f"**{n}.** *\"{claims.CLAIMS[n][2]}\"* ({claims.CLAIMS[n][1]})" for n in shown)
         display(Markdown(f"**{title}.** {note} {quotes}."))
-        display(HTML(_claims_html(claims_frame(rows, shown))))
+        display(HTML(claims_html(claims_frame(rows, shown))))
     mine = [r for r in explored if r.claim in numbers]
     if mine:
         display(Markdown("**Exploration**, chosen after looking at the runs: uncorrected, and it decides nothing."))
-        display(HTML(_claims_html(claims_frame(mine))))
+        display(HTML(claims_html(claims_frame(mine))))
 
 
 def reading(rows: list, numbers: Sequence[int]):

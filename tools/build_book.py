@@ -16,11 +16,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import pandas as pd
 import papermill as pm
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "notebooks")]
+from companion import claims_html  # noqa: E402
 from study import profiles, store  # noqa: E402
 
 NPM_PACKAGES = ["mathjax@3.2.2"]
@@ -97,17 +99,16 @@ def write_paper_claims(root: Path, results_dir: Path):
     abstract's words), each planned test's verdict, from the notebooks' claims.json."""
     source = results_dir / "summary" / "claims.json"
     rows = json.loads(source.read_text()) if source.exists() else []  # a book whose notebooks test no claim
-    lines = ["| claim | where | test | p (Holm) | verdict |", "|---|---|---|---|---|"]
+    table = []
     for r in rows:
         if r["source"] != "paper" or not r["planned"]:
             continue
         game = r["env"].replace("_", " ").title() if r["env"] else "both games"
-        where = ", ".join(x for x in (game, r["regime"]) if x)
-        p = "–" if r["p_adjusted"] is None else f"{r['p_adjusted']:.4f}"
-        lines.append(f"| {r['claim']} | {where} | {r['test']} | {p} | {r['verdict']} |")
+        table.append({"claim": r["claim"], "where": ", ".join(x for x in (game, r["regime"]) if x), "test": r["test"],
+                      "p (Holm)": "–" if r["p_adjusted"] is None else f"{r['p_adjusted']:.4f}", "verdict": r["verdict"]})
     out = root / "book" / "_generated" / "paper_claims.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
+    out.write_text(claims_html(pd.DataFrame(table, columns=["claim", "where", "test", "p (Holm)", "verdict"])) + "\n")
 
 
 def build_config(root: Path, profile: str, offline: bool, stored: tuple[int, int] | None = None) -> Path:
