@@ -2,6 +2,7 @@
 summary, the book builds, and a real browser (Debian's chromium) reads every page offline."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -58,8 +59,6 @@ def test_injected_parameters_are_hidden(book):
 
 
 def test_every_figure_has_a_numbered_caption_and_alt_text_that_describes_it(book):
-    import re
-
     for path in pages(book):
         html = path.read_text()
         for img in re.findall(r"<img [^>]*>", html):
@@ -87,8 +86,6 @@ def test_analysis_code_is_hidden_behind_toggles_and_chapters_open_with_their_cla
 
 
 def test_the_intro_states_the_scale_the_book_was_built_at(book):
-    import re
-
     html = (book / "_build" / "html" / "book" / "intro.html").read_text()
     text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", html))
     assert "This book was built with the smoke profile: every agent trains for 800 frames, 1/6,250 of the paper" in text
@@ -202,8 +199,8 @@ def test_the_static_mask_explorer_draws_each_units_inputs_and_centre_for_every_c
         controls["game"].select_option(env)
         for arch in ("spatial", "predictive", "random", "l1", "dense", "dense_wide"):
             controls["architecture"].select_option(arch)
-            seeds = [o for o in controls["seed"].locator("option").all_inner_texts()]
-            assert seeds == ["0"], (env, arch, seeds)  # the smoke profile's one seed; the study's ten
+            seeds = controls["seed"].locator("option").all_inner_texts()
+            assert seeds == ["0"], (env, arch, seeds)  # the smoke profile's one seed (test_companion: several)
             mask, centres = truth(env, arch, 0)
             for u in sorted({0, min(137, len(mask) - 1), len(mask) - 1}):
                 unit.fill(str(u))

@@ -162,3 +162,11 @@ def test_a_predictive_mask_for_the_explorer_is_computed_once_and_a_damaged_copy_
     monkeypatch.undo()
     path.write_text(path.read_text()[:-40])
     assert bk._stored_entry(chapter, cfg, 0) == first and json.loads(path.read_text())["entry"] == first
+
+
+def test_the_explorer_offers_every_seed_of_its_chapter(tmp_path):
+    chapter = bk.Chapter("02_masks", "smoke", str(tmp_path), ["breakout"], seeds=[0, 1, 2])
+    archs = bk.explorer_data(chapter, ["random", "predictive", "l1", "spatial", "dense"])["breakout"]["archs"]
+    assert all(a["seeds"] == ["0", "1", "2"] for a in archs.values())
+    assert len({json.dumps(archs["random"]["masks"][s]) for s in "012"}) == 3  # a mask per seed
+    assert list(archs["spatial"]["masks"]) == ["*"] and archs["spatial"]["masks"]["*"]["rows"] == "spatial"
