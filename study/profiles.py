@@ -81,14 +81,15 @@ EQUAL_WEIGHT_ARCHS = ("dense", "random", "spatial", "predictive")
 
 def _sweep_order(run: tuple[sd.Config, int]) -> tuple:
     """The order a sweep trains runs in: what the planned claim tests compare first (the equal-weight
-    architectures, then L1, whose frozen runs need its learned ones), the width control's learned
-    runs, the dearest, last; the two games alternate within each step."""
+    architectures; the width control's frozen runs, cheap and the frozen chapter's control; then L1,
+    whose frozen runs need its learned ones), the width control's learned runs, the dearest, last;
+    the two games alternate within each step."""
     cfg, seed = run
     default_l1 = cfg.l1_coef == sd.Config.l1_coef
     step = (0 if cfg.arch in EQUAL_WEIGHT_ARCHS else
-            1 if cfg.arch == "l1" and default_l1 and cfg.regime == "learned" else
-            2 if cfg.arch == "l1" and cfg.regime == "frozen" else
-            3 if cfg.arch == "dense_wide" and cfg.regime == "frozen" else
+            1 if cfg.arch == "dense_wide" and cfg.regime == "frozen" else
+            2 if cfg.arch == "l1" and default_l1 and cfg.regime == "learned" else
+            3 if cfg.arch == "l1" and cfg.regime == "frozen" else
             5 if cfg.arch == "dense_wide" else 4)
     return step, cfg.regime, cfg.arch, cfg.l1_coef, cfg.env, seed
 

@@ -129,6 +129,17 @@ def test_the_study_book_refuses_to_train_and_names_what_is_missing(tmp_path):
     assert not (tmp_path / "executed").exists()  # stopped before any notebook ran
 
 
+def test_a_study_sweep_makes_the_claims_runs_first_and_the_width_controls_learned_runs_last():
+    runs = profiles.profile_runs("study")
+    where = {(c.env, c.arch, c.regime, c.l1_coef, s): i for i, (c, s) in enumerate(runs)}
+    equal = [i for (_, arch, *_), i in where.items() if arch in profiles.EQUAL_WEIGHT_ARCHS]
+    wide_learned = [i for (_, arch, regime, *_), i in where.items() if (arch, regime) == ("dense_wide", "learned")]
+    assert max(equal) < len(equal) and min(wide_learned) == len(runs) - len(wide_learned)
+    for (env, arch, regime, coef, seed), i in where.items():
+        if (arch, regime) == ("l1", "frozen"):  # its mask is its learned run's
+            assert where[(env, "l1", "learned", coef, seed)] < i
+
+
 def test_a_sweep_leaves_held_runs_to_their_holder_and_makes_them_when_it_dies(tmp_path):
     runs = profiles.profile_runs("smoke", ["breakout"])
     first = sweeps.plan_populations(runs, 4)[0]
