@@ -1,7 +1,8 @@
 """The claims the book tests, each with its test fixed before its numbers, and the statistics
 they use: permutation tests, Welch's t for one-sided, non-inferiority and non-superiority
-questions, Holm's correction within a family, Student-t and BCa intervals, the interquartile mean
-and the probability of improvement (Agarwal et al. 2021), and the seeds a test would need.
+questions, Holm's correction within a family, Student-t intervals (Tukey and McLaughlin's for the
+interquartile mean) and Newcombe's score interval for the probability of improvement (Agarwal et
+al. 2021), and the seeds a test would need.
 
 Only the abstract (claims 1 and 2) and the figure captions are the authors' words. Claims 3 to 7
 come from summaries of the paper written by paper-digest sites: hypotheses about what the paper
@@ -12,13 +13,12 @@ seeds; anything chosen from the data (best minus worst, the best L1 coefficient)
 in its own table, and decides nothing."""
 from __future__ import annotations
 
-import warnings
 import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 ALPHA = 0.05
 PERMUTATIONS = 10_000
@@ -92,16 +92,39 @@ def prob_improvement(x, y, axis=-1):
     return gt + 0.5 * eq
 
 
-def bca_interval(statistic: Callable, *samples, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """BCa bootstrap interval (10,000 resamples) of a statistic of one or two samples."""
-    samples = tuple(np.asarray(s, float) for s in samples)
-    if min(len(s) for s in samples) < 3 or all(np.ptp(s) == 0 for s in samples):
+def iqm_interval(x, level: float = 0.95) -> tuple[float, float]:
+    """Tukey and McLaughlin's (1963) Student-t interval of the IQM, a 25% trimmed mean: its standard
+    error from the winsorized variance, on h - 1 degrees of freedom for the h values kept. Its
+    coverage stays near nominal at 5 seeds, where BCa's falls below 90%
+    (benchmarks/interval_coverage.py)."""
+    x = np.sort(np.asarray(x, float))
+    n = len(x)
+    g = int(0.25 * n)  # as trim_mean cuts
+    kept = n - 2 * g
+    if kept < 2:
         return float("nan"), float("nan")
-    with warnings.catch_warnings():  # a degenerate resample distribution gives NaN bounds, shown as such
-        warnings.simplefilter("ignore")
-        res = stats.bootstrap(samples, statistic, confidence_level=level, method="BCa", n_resamples=10_000,
-                              rng=np.random.default_rng(seed), vectorized=True)
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+    winsorized = np.clip(x, x[g], x[n - g - 1])
+    half = stats.t.ppf(0.5 + level / 2, kept - 1) * winsorized.std(ddof=1) * np.sqrt(n) / kept
+    return float(iqm(x) - half), float(iqm(x) + half)
+
+
+def improvement_interval(x, y, level: float = 0.95) -> tuple[float, float]:
+    """Newcombe's (2006, Method 5) score interval for P(X > Y): the values whose Hanley-McNeil
+    variance, with (m + n) / 2 standing for each sample size, puts the estimate within z standard
+    errors. Built for this statistic, its coverage is near nominal at 5 and 10 seeds, and it is
+    defined when one sample lies wholly above the other, where every bootstrap resample gives the
+    same value and BCa has no interval (benchmarks/interval_coverage.py)."""
+    m, n = len(x), len(y)
+    if min(m, n) < 2:
+        return float("nan"), float("nan")
+    theta, z2, k = float(prob_improvement(x, y)), stats.norm.ppf(0.5 + level / 2) ** 2, (m + n) / 2 - 1
+
+    def gap(t):
+        return (theta - t) ** 2 - z2 * t * (1 - t) * (1 + k * (1 - t) / (2 - t) + k * t / (1 + t)) / (m * n)
+
+    low = 0.0 if theta <= 0 else optimize.brentq(gap, 0.0, min(theta, 1 - 1e-12))
+    high = 1.0 if theta >= 1 else optimize.brentq(gap, max(theta, 1e-12), 1.0)
+    return float(low), float(high)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -288,7 +311,7 @@ def _welch_row(claim, finals, env, regime, a, b, kind, power_alpha) -> Row:
               f"{len(x)} and {len(y)}", margin=margin)
     pooled = np.sqrt((x.var(ddof=1) + y.var(ddof=1)) / 2)
     row.extra = {"p_of_improvement": float(prob_improvement(x, y)),
-                 "p_of_improvement_interval": bca_interval(prob_improvement, x, y)}
+                 "p_of_improvement_interval": improvement_interval(x, y)}
     row.power_seeds = seeds_for_power(row.estimate, pooled, power_alpha, alternative, shift)
     return row
 
@@ -388,10 +411,11 @@ def exploration(finals, envs: Sequence[str] = ("breakout", "space_invaders")) ->
 
 
 def cell_summary(finals) -> list[dict]:
-    """Per env x regime x arch: seeds, mean with its Student-t interval, IQM with its BCa interval."""
+    """Per env x regime x arch: seeds, mean with its Student-t interval, IQM with its Tukey-McLaughlin
+    interval."""
     out = []
     for (env, regime, arch), g in finals.groupby(["env", "regime", "arch"]):
         x = g["return"].to_numpy(float)
         out.append({"env": env, "regime": regime, "arch": arch, "seeds": len(x), "mean": float(x.mean()),
-                    "mean_interval": t_interval(x), "iqm": float(iqm(x)), "iqm_interval": bca_interval(iqm, x)})
+                    "mean_interval": t_interval(x), "iqm": float(iqm(x)), "iqm_interval": iqm_interval(x)})
     return out

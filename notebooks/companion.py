@@ -166,7 +166,7 @@ def final_returns(df: pd.DataFrame, last: int = 100) -> pd.DataFrame:
 
 def final_table(df: pd.DataFrame, last: int = 100) -> pd.DataFrame:
     """Per env, regime and arch: seeds, mean final return with its 95% Student-t interval over
-    seeds, and the interquartile mean (IQM) with its 95% BCa bootstrap interval."""
+    seeds, and the interquartile mean (IQM) with its 95% Tukey-McLaughlin interval."""
     rows = [(c["env"], c["regime"], c["arch"], c["seeds"], c["mean"], *c["mean_interval"], c["iqm"], *c["iqm_interval"])
             for c in claims.cell_summary(final_returns(df, last))]
     table = pd.DataFrame(rows, columns=["env", "regime", "arch", "seeds", "final return", "ci low", "ci high",
@@ -286,31 +286,90 @@ def reading(rows: list, numbers: Sequence[int]):
     return Markdown("**Reading.**\n\n" + "\n".join(lines))
 
 
-def width_table(df: pd.DataFrame, regime: str):
-    """Sparsity or width? Each sparse mask against both dense baselines, one regime: differences of
-    mean final return with Welch's 95% interval and P(mask > baseline) with its BCa interval.
-    Descriptive: not among the planned tests."""
+SPARSE_MASKS = ("random", "spatial", "predictive")
+
+
+def _width_rows(df: pd.DataFrame, regime: str, archs: Sequence[str]) -> list[dict]:
+    """Each of archs against both dense baselines in one regime, per game: Welch's 95% interval
+    of the difference of mean final returns and P(arch > baseline) with its interval."""
     finals = final_returns(df[df.regime == regime])
     rows = []
     for env in [e for e in ENVS if e in set(finals.env)]:
-        for arch in ("random", "spatial", "predictive"):
+        for arch in archs:
             x, _ = claims.cell_returns(finals, env, regime, arch)
             for base in ("dense", "dense_wide"):
                 y, _ = claims.cell_returns(finals, env, regime, base)
-                if min(len(x), len(y)) < 2:
-                    rows.append((TITLES[env], arch, base, "–", "–", f"{len(x)} and {len(y)} seeds"))
-                    continue
-                _, (lo, hi) = claims.welch(x, y)
-                pi = claims.prob_improvement(x, y)
-                plo, phi = claims.bca_interval(claims.prob_improvement, x, y)
-                rows.append((TITLES[env], arch, base, f"{x.mean() - y.mean():+.2f} [{lo:+.2f}, {hi:+.2f}]",
-                             f"{pi:.2f} [{_fmt(plo)}, {_fmt(phi)}]", f"{len(x)} and {len(y)} seeds"))
-    return pd.DataFrame(rows, columns=["game", "mask", "against", "difference [95% CI]",
-                                       "P(mask > baseline) [95% CI]", "runs"]).style.hide(axis="index")
+                row = dict(env=env, arch=arch, base=base, seeds=(len(x), len(y)), diff=None)
+                if min(len(x), len(y)) >= 2:
+                    _, row["ci"] = claims.welch(x, y)
+                    row["diff"], row["pi"] = x.mean() - y.mean(), claims.prob_improvement(x, y)
+                    row["pi_ci"] = claims.improvement_interval(x, y)
+                rows.append(row)
+    return rows
+
+
+def width_table(df: pd.DataFrame, regime: str, archs: Sequence[str] = SPARSE_MASKS):
+    """Sparsity or width? Each of archs against both dense baselines, one regime: differences of
+    mean final return with Welch's 95% interval and P(arch > baseline) with its interval.
+    Descriptive: not among the planned tests."""
+    shown = [(TITLES[r["env"]], r["arch"], r["base"],
+              "–" if r["diff"] is None else f"{r['diff']:+.2f} [{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}]",
+              "–" if r["diff"] is None else f"{r['pi']:.2f} [{_fmt(r['pi_ci'][0])}, {_fmt(r['pi_ci'][1])}]",
+              "{} and {} seeds".format(*r["seeds"])) for r in _width_rows(df, regime, archs)]
+    return pd.DataFrame(shown, columns=["game", "mask", "against", "difference [95% CI]",
+                                        "P(mask > baseline) [95% CI]", "runs"]).style.hide(axis="index")
+
+
+def _names(archs: Sequence[str]) -> str:
+    archs = [f"`{a}`" for a in archs]
+    return archs[0] if len(archs) == 1 else ", ".join(archs[:-1]) + " and " + archs[-1]
+
+
+def width_reading(df: pd.DataFrame, regime: str, archs: Sequence[str] = SPARSE_MASKS):
+    """What width_table shows, a sentence per game, as Markdown: which of archs end above or below
+    each dense baseline (the Welch interval excludes 0) and which sit above `dense` but not above
+    `dense_wide`, whose gain width alone could explain."""
+    from IPython.display import Markdown
+
+    lines, every = [], _width_rows(df, regime, archs)
+    for env in dict.fromkeys(r["env"] for r in every):
+        rows = [r for r in every if r["env"] == env]
+        parts, above = [], {}
+        for base in ("dense", "dense_wide"):
+            mine = [r for r in rows if r["base"] == base]
+            if any(r["diff"] is None for r in mine):
+                parts.append(f"against `{base}`: not enough runs yet (2 seeds each at least)")
+                continue
+            above[base] = [r["arch"] for r in mine if r["ci"][0] > 0]
+            below = [r["arch"] for r in mine if r["ci"][1] < 0]
+            level = [r["arch"] for r in mine if r["ci"][0] <= 0 <= r["ci"][1]]
+            said = [f"{_names(archs)} end{'s' * (len(archs) == 1)} {where}"
+                    for archs, where in ((above[base], "above"), (below, "below")) if archs]
+            said += [f"no difference detected for {_names(level)}"] if level else []
+            parts.append(f"against `{base}`, " + "; ".join(said))
+        line = f"- {TITLES[env]}: " + "; ".join(parts) + "."
+        if len(above) == 2:
+            width = [a for a in above["dense"] if a not in above["dense_wide"]]
+            beyond = [a for a in above["dense"] if a in above["dense_wide"]]
+            if width:
+                line += f" Width alone could explain the gain of {_names(width)} over `dense`."
+            if beyond:
+                line += f" The gain of {_names(beyond)} holds against the equally wide dense layer too."
+        lines.append(line)
+    return Markdown(f"**Reading, {regime}** (descriptive: uncorrected 95% intervals, not planned tests).\n\n"
+                    + "\n".join(lines))
+
+
+def width_section(df: pd.DataFrame, regimes: Sequence[str], archs: Sequence[str] = SPARSE_MASKS):
+    """A chapter's "Sparsity or width?" numbers: per regime, width_table and width_reading."""
+    from IPython.display import display
+
+    for regime in regimes:
+        display(width_table(df, regime, archs), width_reading(df, regime, archs))
 
 
 def improvement_figure(df: pd.DataFrame, regime: str, pairs: Sequence[tuple[str, str]]):
-    """The probability of improvement P(A > B) with its 95% BCa interval for each pair a claim
+    """The probability of improvement P(A > B) with its 95% interval for each pair a claim
     uses, per game, in one regime (Agarwal et al. 2021)."""
     finals = final_returns(df[df.regime == regime])
     envs = [e for e in ENVS if e in set(finals.env)]
@@ -322,7 +381,7 @@ def improvement_figure(df: pd.DataFrame, regime: str, pairs: Sequence[tuple[str,
             if min(len(x), len(y)) < 2:
                 continue
             p = claims.prob_improvement(x, y)
-            lo, hi = claims.bca_interval(claims.prob_improvement, x, y)
+            lo, hi = claims.improvement_interval(x, y)
             ax.errorbar(p, i, xerr=[[p - lo], [hi - p]] if np.isfinite(lo) else None, fmt="o", color=colour(a),
                         capsize=3)
         ax.axvline(0.5, color="grey", lw=1, ls=":")

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "notebooks"))
 import claims  # noqa: E402
@@ -69,3 +70,17 @@ def test_intervals_cover_as_they_claim_at_ten_seeds():
     covered = [lo <= 0 <= hi for lo, hi in (claims.t_interval(rng.standard_t(4, 10)) for _ in range(400))]
     assert 0.92 <= np.mean(covered) <= 0.98
     assert claims.prob_improvement(np.array([1.0, 2.0]), np.array([1.0, 0.0])) == pytest.approx(0.875)
+
+
+def test_iqm_and_improvement_intervals_cover_at_five_and_ten_seeds_and_survive_separated_runs():
+    rng = np.random.default_rng(6)
+    for n in (5, 10):
+        iqm = [lo <= 0 <= hi for lo, hi in (claims.iqm_interval(rng.standard_t(3, n)) for _ in range(4000))]
+        assert 0.92 <= np.mean(iqm) <= 0.98, n
+        truth = stats.norm.cdf(1.8 / np.sqrt(2))  # P(A > B) for a shift of 1.8 sd
+        improvement = [lo <= truth <= hi for lo, hi in (claims.improvement_interval(rng.normal(1.8, 1, n), rng.normal(0, 1, n))
+                                                       for _ in range(1000))]
+        assert 0.92 <= np.mean(improvement) <= 0.98, n
+    low, high = claims.improvement_interval(np.arange(10.0) + 20, np.arange(10.0))  # every run of A above every run of B
+    assert high == 1.0 and 0.75 < low < 0.85
+    assert claims.improvement_interval(np.arange(10.0), np.arange(10.0) + 20) == pytest.approx((0.0, 1 - low))

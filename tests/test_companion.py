@@ -101,6 +101,18 @@ def test_the_palette_stays_apart_for_colour_blind_readers_and_controls_are_dashe
     assert styles["dense_wide"] != styles["dense"]
 
 
+def test_sparsity_or_width_names_the_gains_over_dense_that_the_equally_wide_layer_matches():
+    means = {"dense": 4.0, "random": 0.5, "spatial": 16.0, "predictive": 12.0, "dense_wide": 12.0}
+    text = bk.width_reading(runs(means, seeds=10, envs=("breakout",)), "frozen").data
+    line = next(x for x in text.splitlines() if x.startswith("- Breakout"))
+    assert "against `dense`, `spatial` and `predictive` end above; `random` ends below" in line
+    assert "against `dense_wide`, `spatial` ends above; `random` ends below; no difference detected for `predictive`" in line
+    assert "Width alone could explain the gain of `predictive` over `dense`" in line
+    assert "The gain of `spatial` holds against the equally wide dense layer too" in line
+    waiting = bk.width_reading(runs(MEANS, envs=("breakout",)), "frozen").data
+    assert "against `dense_wide`: not enough runs yet" in waiting and "Width alone" not in waiting
+
+
 def _read_rows(entry):
     """companion._rows read back: each row's ascending gaps as LEB128 varints, deflated."""
     raw, rows, i = zlib.decompress(base64.b64decode(entry["rows"])), [], 0
