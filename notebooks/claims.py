@@ -70,6 +70,15 @@ def t_interval(x, level: float = 0.95) -> tuple[float, float]:
     return float(x.mean() - half), float(x.mean() + half)
 
 
+def prediction_interval(x, level: float = 0.95) -> tuple[float, float]:
+    """Student-t interval for one more draw from x's distribution: where a further run would land."""
+    x = np.asarray(x, float)
+    if len(x) < 2:
+        return float("nan"), float("nan")
+    half = stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) * np.sqrt(1 + 1 / len(x))
+    return float(x.mean() - half), float(x.mean() + half)
+
+
 def welch(x, y, shift: float = 0.0, alternative: str = "two-sided", level: float = 0.95):
     """Welch's t-test of mean(x) - mean(y) against `shift`, and the two-sided Student-t (Welch)
     interval of the difference: (p, (low, high))."""
