@@ -185,6 +185,35 @@ def permutation_f_test(groups: Sequence, seed: int = 0, level: float = ALPHA) ->
     return observed, p, b
 
 
+def eta_squared(groups: Sequence, level: float = 0.95) -> tuple[float, tuple[float, float]]:
+    """The share of the variance of final returns that the groups (architectures) explain,
+    eta^2 = SS_between / SS_total, and its interval from inverting the noncentral F distribution
+    (Steiger 2004): exact for normal returns of equal variance, descriptive here; the verdict is the
+    permutation test's."""
+    sizes = [len(g) for g in groups]
+    n, k = sum(sizes), len(groups)
+    f, df1, df2 = f_statistic(groups), k - 1, n - k
+
+    def noncentrality(tail):  # the lambda whose F distribution puts `tail` of its mass below f
+        if stats.f.cdf(f, df1, df2) <= tail:
+            return 0.0
+        high = max(1.0, f * df1)
+        while stats.ncf.cdf(f, df1, df2, high) > tail:
+            high *= 2
+        return optimize.brentq(lambda lam: stats.ncf.cdf(f, df1, df2, lam) - tail, 0.0, high)
+
+    low, high = noncentrality(0.5 + level / 2), noncentrality(0.5 - level / 2)
+    return f * df1 / (f * df1 + df2), (low / (low + n), high / (high + n))
+
+
+def rank_agreement(frozen: np.ndarray, learned: np.ndarray) -> tuple[float, tuple[float, float]]:
+    """How alike the two regimes order the architectures: per seed, Kendall's tau between an
+    architecture's frozen and learned final returns (1: the same order, -1: reversed), the mean
+    over seeds and its Student-t interval. frozen, learned: (archs, seeds), paired by seed."""
+    taus = np.array([stats.kendalltau(frozen[:, s], learned[:, s]).statistic for s in range(frozen.shape[1])])
+    return float(taus.mean()), t_interval(taus)
+
+
 def interaction_test(frozen: np.ndarray, learned: np.ndarray, seed: int = 0, level: float = ALPHA):
     """Architecture x regime interaction on ranks. frozen, learned: (archs, seeds) final returns,
     columns paired by seed (a seed gives an agent the same mask and initial weights in both
@@ -337,8 +366,10 @@ def planned_tests(finals, envs: Sequence[str] = ("breakout", "space_invaders")) 
                 rows.append(_pending(1, env, regime, "permutation F", "dense, random, spatial, predictive", seeds))
                 continue
             f, p, b = permutation_f_test(groups, seed=zlib.crc32(f"{env}/{regime}".encode()))
+            eta2, interval = eta_squared(groups)
             rows.append(Row(1, env, regime, "permutation F", "dense, random, spatial, predictive", p,
-                            (float("nan"), float("nan")), f, seeds, extra={"permutations": b}))
+                            interval, eta2, seeds, extra={"permutations": b, "statistic": f,
+                                                          "estimate_of": "eta squared"}))
     for env in envs:  # claim 2
         paired = {}
         for regime in ("frozen", "learned"):
@@ -353,9 +384,11 @@ def planned_tests(finals, envs: Sequence[str] = ("breakout", "space_invaders")) 
         frozen = np.array([[paired[("frozen", a)][s] for s in common] for a in EQUAL_WEIGHT])
         learned = np.array([[paired[("learned", a)][s] for s in common] for a in EQUAL_WEIGHT])
         statistic, p, b = interaction_test(frozen, learned, seed=zlib.crc32(env.encode()))
+        tau, interval = rank_agreement(frozen, learned)
         rows.append(Row(2, env, None, "permutation, rank interaction", "architecture x regime", p,
-                        (float("nan"), float("nan")), statistic, f"{len(common)} paired",
-                        extra={"permutations": b, "p_best_differs": best_differs(frozen, learned)}))
+                        interval, tau, f"{len(common)} paired",
+                        extra={"permutations": b, "statistic": statistic, "estimate_of": "mean Kendall tau",
+                               "p_best_differs": best_differs(frozen, learned)}))
     third = []
     if "breakout" in envs:
         third.append(("breakout", "learned", "predictive", "dense", "greater", 3))

@@ -147,11 +147,22 @@ class Chapter:
         return profiles.train_profile(self.profile, self.envs, archs, regimes, self.results_dir, self.seeds,
                                       self.frames, **fields)
 
-    def write(self, blob: dict, name: str | None = None):
-        """The chapter's numbers as JSON under <results>/summary, for tests and other tools."""
+    def write(self, blob: dict | list, name: str | None = None):
+        """The chapter's numbers as strict JSON under <results>/summary, for tests and other tools:
+        a number that does not exist (an interval at one seed, a pending test's) is null, since
+        NaN is not JSON and a browser's JSON.parse refuses it."""
+        def strict(x):
+            if isinstance(x, dict):
+                return {k: strict(v) for k, v in x.items()}
+            if isinstance(x, (list, tuple)):
+                return [strict(v) for v in x]
+            if isinstance(x, (float, np.floating)):
+                return float(x) if np.isfinite(x) else None
+            return x.item() if isinstance(x, np.generic) else x
+
         out = self.results_dir / "summary" / f"{name or self.name}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(blob, indent=1, default=float))
+        out.write_text(json.dumps(strict(blob), indent=1, allow_nan=False))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,25 +214,36 @@ def _fmt(x, digits=2):
     return "–" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
 
 
+def p_value_text(p) -> str:
+    return "–" if p is None or not np.isfinite(p) else "< 0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def estimate_text(row: dict) -> str:
+    """A claims.json row's estimate as a table shows it: the estimate and its 95% interval; for a
+    permutation test, its effect size (eta^2, or the regimes' rank agreement), then its statistic."""
+    low, high = row["interval"]
+    text = _fmt(row["estimate"]) + ("" if low is None or not np.isfinite(low) else f" [{_fmt(low)}, {_fmt(high)}]")
+    if "statistic" not in row:
+        return text
+    name = {"eta squared": "η²", "mean Kendall tau": "mean τ"}[row["estimate_of"]]
+    return f"{name} {text}; {'F' if 'F' in row['test'] else 'statistic'} {_fmt(row['statistic'])}"
+
+
 def claims_frame(rows: list, numbers: Sequence[int] | None = None) -> pd.DataFrame:
     """The rows of these claims as a table a reader scans: claim, where (game, regime), what is
-    tested and how, the estimate (a difference of mean final returns, or the test's statistic)
-    with its 95% interval, the p-value (Holm-adjusted for planned tests), the verdict, and the
-    seeds per architecture that would give an open test 80% power."""
+    tested and how, the estimate with its 95% interval (a difference of mean final returns; for a
+    permutation test its effect size, eta^2 or the regimes' rank agreement, and its statistic),
+    the p-value (Holm-adjusted for planned tests), the verdict, and the seeds per architecture
+    that would give an open test 80% power."""
     out = []
     for r in rows:
         if numbers is not None and r.claim not in numbers:
             continue
         where = ", ".join(x for x in (TITLES.get(r.env, r.env) if r.env else "both games", r.regime) if x)
-        if r.test.startswith("permutation"):
-            estimate = f"{'F' if 'F' in r.test else 'statistic'} {_fmt(r.estimate)}"
-        else:
-            estimate = _fmt(r.estimate) + ("" if not np.isfinite(r.interval[0]) else
-                                           f" [{_fmt(r.interval[0])}, {_fmt(r.interval[1])}]")
         open_test = r.planned and r.p_adjusted is not None and r.p_adjusted >= claims.ALPHA
         out.append({"claim": r.claim, "where": where, "tested": f"{r.comparison} ({r.test})",
-                    "estimate [95% CI]": estimate,
-                    "p (Holm)" if r.planned else "p (uncorrected)": _fmt(r.p_adjusted if r.planned else r.p, 4),
+                    "estimate [95% CI]": estimate_text(r.as_json()),
+                    "p (Holm)" if r.planned else "p (uncorrected)": p_value_text(r.p_adjusted if r.planned else r.p),
                     "verdict": r.verdict,
                     "seeds for 80% power": str(r.power_seeds) if open_test and r.power_seeds else ""})
     return pd.DataFrame(out)

@@ -27,7 +27,10 @@ def book(tmp_path_factory):
 
 
 def summary(book, name):
-    return json.loads((book / "results" / "smoke" / "summary" / f"{name}.json").read_text())
+    def refuse(constant):  # NaN and Infinity are not JSON: a browser's JSON.parse would refuse the file
+        raise ValueError(f"{name}.json holds {constant}")
+
+    return json.loads((book / "results" / "smoke" / "summary" / f"{name}.json").read_text(), parse_constant=refuse)
 
 
 def test_every_notebook_ran_and_wrote_its_summary(book):

@@ -87,3 +87,18 @@ def test_iqm_and_improvement_intervals_cover_at_five_and_ten_seeds_and_survive_s
     low, high = claims.improvement_interval(np.arange(10.0) + 20, np.arange(10.0))  # every run of A above every run of B
     assert high == 1.0 and 0.75 < low < 0.85
     assert claims.improvement_interval(np.arange(10.0), np.arange(10.0) + 20) == pytest.approx((0.0, 1 - low))
+
+
+def test_claim_1_and_2_carry_effect_sizes_with_intervals_that_cover():
+    means = np.array([0.0, 0.5, 1.0, 1.5])  # four architectures, sd 1: eta^2 = var(means) / (var(means) + 1)
+    truth = means.var() / (means.var() + 1)
+    rng = np.random.default_rng(8)
+    covered = [lo <= truth <= hi for lo, hi in (claims.eta_squared([rng.normal(m, 1, 10) for m in means])[1]
+                                                for _ in range(400))]
+    assert 0.92 <= np.mean(covered) <= 0.98
+    eta2, (low, _) = claims.eta_squared([rng.normal(0, 1, 10) for _ in means])
+    assert low == 0.0 and 0 <= eta2 < 0.3  # no effect: the interval reaches 0
+    order = np.tile(np.arange(4.0)[:, None], (1, 10))  # (archs, seeds)
+    assert claims.rank_agreement(order, order + 1)[0] == 1.0
+    assert claims.rank_agreement(order, -order)[0] == -1.0
+

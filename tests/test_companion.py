@@ -55,6 +55,7 @@ def test_the_planned_tests_keep_the_papers_claims_apart_from_the_summaries_and_n
     for b in blob:
         assert {"claim", "source", "planned", "env", "regime", "test", "p_adjusted", "interval", "verdict"} <= set(b)
         assert b["planned"] and b["p_adjusted"] is not None and len(b["interval"]) == 2
+        assert all(np.isfinite(b["interval"])) and b["interval"][0] <= b["estimate"] <= b["interval"][1], b
     one = [r for r in rows if r.claim == 1]  # the four archs differ by far more than their noise
     assert len(one) == 4 and all(r.p_adjusted < 0.05 and r.verdict.startswith("a difference") for r in one)
     frame = bk.claims_frame(rows, [1, 2])

@@ -22,7 +22,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "notebooks")]
-from companion import claims_html  # noqa: E402
+from companion import claims_html, estimate_text, p_value_text  # noqa: E402
 from study import profiles, store  # noqa: E402
 
 NPM_PACKAGES = ["mathjax@3.2.2"]
@@ -105,10 +105,12 @@ def write_paper_claims(root: Path, results_dir: Path):
             continue
         game = r["env"].replace("_", " ").title() if r["env"] else "both games"
         table.append({"claim": r["claim"], "where": ", ".join(x for x in (game, r["regime"]) if x), "test": r["test"],
-                      "p (Holm)": "–" if r["p_adjusted"] is None else f"{r['p_adjusted']:.4f}", "verdict": r["verdict"]})
+                      "estimate [95% CI]": estimate_text(r), "p (Holm)": p_value_text(r["p_adjusted"]),
+                      "verdict": r["verdict"]})
     out = root / "book" / "_generated" / "paper_claims.md"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(claims_html(pd.DataFrame(table, columns=["claim", "where", "test", "p (Holm)", "verdict"])) + "\n")
+    columns = ["claim", "where", "test", "estimate [95% CI]", "p (Holm)", "verdict"]
+    out.write_text(claims_html(pd.DataFrame(table, columns=columns)) + "\n")
 
 
 def build_config(root: Path, profile: str, offline: bool, stored: tuple[int, int] | None = None) -> Path:
