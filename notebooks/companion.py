@@ -339,7 +339,7 @@ def width_table(df: pd.DataFrame, regime: str, archs: Sequence[str] = SPARSE_MAS
               "–" if r["diff"] is None else f"{r['pi']:.2f} [{_fmt(r['pi_ci'][0])}, {_fmt(r['pi_ci'][1])}]",
               "{} and {} seeds".format(*r["seeds"])) for r in _width_rows(df, regime, archs)]
     return pd.DataFrame(shown, columns=["game", "mask", "against", "difference [95% CI]",
-                                        "P(mask > baseline) [95% CI]", "runs"]).style.hide(axis="index")
+                                        "P(mask > baseline) [95% CI]", "runs"])
 
 
 def _names(archs: Sequence[str]) -> str:
@@ -383,11 +383,12 @@ def width_reading(df: pd.DataFrame, regime: str, archs: Sequence[str] = SPARSE_M
 
 
 def width_section(df: pd.DataFrame, regimes: Sequence[str], archs: Sequence[str] = SPARSE_MASKS):
-    """A chapter's "Sparsity or width?" numbers: per regime, width_table and width_reading."""
-    from IPython.display import display
+    """A chapter's "Sparsity or width?" numbers: per regime, width_table (as cards on a phone, like
+    the claims tables) and width_reading."""
+    from IPython.display import HTML, display
 
     for regime in regimes:
-        display(width_table(df, regime, archs), width_reading(df, regime, archs))
+        display(HTML(claims_html(width_table(df, regime, archs))), width_reading(df, regime, archs))
 
 
 def improvement_figure(df: pd.DataFrame, regime: str, pairs: Sequence[tuple[str, str]]):
@@ -408,7 +409,7 @@ def improvement_figure(df: pd.DataFrame, regime: str, pairs: Sequence[tuple[str,
                         capsize=3)
         ax.axvline(0.5, color="grey", lw=1, ls=":")
         ax.set_yticks(range(len(pairs)), [f"{a} > {b}" for a, b in pairs])
-        ax.set_xlim(0, 1)
+        ax.set_xlim(-0.03, 1.03)  # a point at 0 or 1 (runs that separate) stays whole
         ax.set_title(TITLES[env])
         ax.set_xlabel("P(A > B)")
     fig.tight_layout()
