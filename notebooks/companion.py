@@ -266,8 +266,11 @@ def claims_html(frame: pd.DataFrame) -> str:
     on a phone's width each row reflows into a card of labelled lines (companion.css) instead of
     scrolling sideways."""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
-    body = "".join("<tr>" + "".join(f'<td data-label="{html.escape(c)}">{html.escape(str(v))}</td>'
-                                    for c, v in row.items()) + "</tr>" for _, row in frame.iterrows())
+    def cell(column, value):
+        verdict = ' class="verdict"' if column == "verdict" else ""
+        return f'<td data-label="{html.escape(column)}"{verdict}>{html.escape(str(value))}</td>'
+
+    body = "".join("<tr>" + "".join(cell(c, v) for c, v in row.items()) + "</tr>" for _, row in frame.iterrows())
     return f'<div class="table-scroll"><table class="claims"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
