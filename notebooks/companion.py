@@ -314,7 +314,7 @@ def reading(rows: list, numbers: Sequence[int]):
 SPARSE_MASKS = ("random", "spatial", "predictive")
 
 
-def _width_rows(df: pd.DataFrame, regime: str, archs: Sequence[str]) -> list[dict]:
+def width_rows(df: pd.DataFrame, regime: str, archs: Sequence[str] = SPARSE_MASKS) -> list[dict]:
     """Each of archs against both dense baselines in one regime, per game: Welch's 95% interval
     of the difference of mean final returns and P(arch > baseline) with its interval."""
     finals = final_returns(df[df.regime == regime])
@@ -333,14 +333,13 @@ def _width_rows(df: pd.DataFrame, regime: str, archs: Sequence[str]) -> list[dic
     return rows
 
 
-def width_table(df: pd.DataFrame, regime: str, archs: Sequence[str] = SPARSE_MASKS):
-    """Sparsity or width? Each of archs against both dense baselines, one regime: differences of
-    mean final return with Welch's 95% interval and P(arch > baseline) with its interval.
-    Descriptive: not among the planned tests."""
+def width_table(rows: list[dict]) -> pd.DataFrame:
+    """Sparsity or width? width_rows as a table: differences of mean final return with Welch's 95%
+    interval and P(arch > baseline) with its interval. Descriptive: not among the planned tests."""
     shown = [(TITLES[r["env"]], r["arch"], r["base"],
               "–" if r["diff"] is None else f"{r['diff']:+.2f} [{r['ci'][0]:+.2f}, {r['ci'][1]:+.2f}]",
               "–" if r["diff"] is None else f"{r['pi']:.2f} [{_fmt(r['pi_ci'][0])}, {_fmt(r['pi_ci'][1])}]",
-              "{} and {} seeds".format(*r["seeds"])) for r in _width_rows(df, regime, archs)]
+              "{} and {} seeds".format(*r["seeds"])) for r in rows]
     return pd.DataFrame(shown, columns=["game", "mask", "against", "difference [95% CI]",
                                         "P(mask > baseline) [95% CI]", "runs"])
 
@@ -350,13 +349,13 @@ def _names(archs: Sequence[str]) -> str:
     return archs[0] if len(archs) == 1 else ", ".join(archs[:-1]) + " and " + archs[-1]
 
 
-def width_reading(df: pd.DataFrame, regime: str, archs: Sequence[str] = SPARSE_MASKS):
-    """What width_table shows, a sentence per game, as Markdown: which of archs end above or below
-    each dense baseline (the Welch interval excludes 0) and which sit above `dense` but not above
-    `dense_wide`, whose gain width alone could explain."""
+def width_reading(every: list[dict], regime: str):
+    """What width_table shows of one regime's width_rows, a sentence per game, as Markdown: which
+    archs end above or below each dense baseline (the Welch interval excludes 0) and which sit
+    above `dense` but not above `dense_wide`, whose gain width alone could explain."""
     from IPython.display import Markdown
 
-    lines, every = [], _width_rows(df, regime, archs)
+    lines = []
     for env in dict.fromkeys(r["env"] for r in every):
         rows = [r for r in every if r["env"] == env]
         parts, above = [], {}
@@ -368,8 +367,8 @@ def width_reading(df: pd.DataFrame, regime: str, archs: Sequence[str] = SPARSE_M
             above[base] = [r["arch"] for r in mine if r["ci"][0] > 0]
             below = [r["arch"] for r in mine if r["ci"][1] < 0]
             level = [r["arch"] for r in mine if r["ci"][0] <= 0 <= r["ci"][1]]
-            said = [f"{_names(archs)} end{'s' * (len(archs) == 1)} {where}"
-                    for archs, where in ((above[base], "above"), (below, "below")) if archs]
+            said = [f"{_names(named)} end{'s' * (len(named) == 1)} {where}"
+                    for named, where in ((above[base], "above"), (below, "below")) if named]
             said += [f"no difference detected for {_names(level)}"] if level else []
             parts.append(f"against `{base}`, " + "; ".join(said))
         line = f"- {TITLES[env]}: " + "; ".join(parts) + "."
@@ -391,7 +390,8 @@ def width_section(df: pd.DataFrame, regimes: Sequence[str], archs: Sequence[str]
     from IPython.display import HTML, display
 
     for regime in regimes:
-        display(HTML(claims_html(width_table(df, regime, archs))), width_reading(df, regime, archs))
+        rows = width_rows(df, regime, archs)
+        display(HTML(claims_html(width_table(rows))), width_reading(rows, regime))
 
 
 def improvement_figure(df: pd.DataFrame, regime: str, pairs: Sequence[tuple[str, str]]):

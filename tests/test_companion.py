@@ -104,13 +104,13 @@ def test_the_palette_stays_apart_for_colour_blind_readers_and_controls_are_dashe
 
 def test_sparsity_or_width_names_the_gains_over_dense_that_the_equally_wide_layer_matches():
     means = {"dense": 4.0, "random": 0.5, "spatial": 16.0, "predictive": 12.0, "dense_wide": 12.0}
-    text = bk.width_reading(runs(means, seeds=10, envs=("breakout",)), "frozen").data
+    text = bk.width_reading(bk.width_rows(runs(means, seeds=10, envs=("breakout",)), "frozen"), "frozen").data
     line = next(x for x in text.splitlines() if x.startswith("- Breakout"))
     assert "against `dense`, `spatial` and `predictive` end above; `random` ends below" in line
     assert "against `dense_wide`, `spatial` ends above; `random` ends below; no difference detected for `predictive`" in line
     assert "Width alone could explain the gain of `predictive` over `dense`" in line
     assert "The gain of `spatial` holds against the equally wide dense layer too" in line
-    waiting = bk.width_reading(runs(MEANS, envs=("breakout",)), "frozen").data
+    waiting = bk.width_reading(bk.width_rows(runs(MEANS, envs=("breakout",)), "frozen"), "frozen").data
     assert "against `dense_wide`: not enough runs yet" in waiting and "Width alone" not in waiting
 
 
