@@ -61,21 +61,14 @@ FAMILIES = {PAPER: "Holm within each of claims 1 and 2", SUMMARY: "Holm across e
 # ----------------------------------------------------------------------------------------------
 # Intervals and aggregates
 # ----------------------------------------------------------------------------------------------
-def t_interval(x, level: float = 0.95) -> tuple[float, float]:
-    """Student-t interval of a mean (NaNs below 2 values)."""
+def t_interval(x, level: float = 0.95, one_more: bool = False) -> tuple[float, float]:
+    """Student-t interval of a mean (NaNs below 2 values); with one_more, the prediction interval
+    of one more draw from x's distribution: where a further run would land."""
     x = np.asarray(x, float)
     if len(x) < 2:
         return float("nan"), float("nan")
-    half = stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
-    return float(x.mean() - half), float(x.mean() + half)
-
-
-def prediction_interval(x, level: float = 0.95) -> tuple[float, float]:
-    """Student-t interval for one more draw from x's distribution: where a further run would land."""
-    x = np.asarray(x, float)
-    if len(x) < 2:
-        return float("nan"), float("nan")
-    half = stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) * np.sqrt(1 + 1 / len(x))
+    spread = np.sqrt(1 + 1 / len(x)) if one_more else 1 / np.sqrt(len(x))
+    half = stats.t.ppf(0.5 + level / 2, len(x) - 1) * x.std(ddof=1) * spread
     return float(x.mean() - half), float(x.mean() + half)
 
 
@@ -114,7 +107,8 @@ def iqm_interval(x, level: float = 0.95) -> tuple[float, float]:
         return float("nan"), float("nan")
     winsorized = np.clip(x, x[g], x[n - g - 1])
     half = stats.t.ppf(0.5 + level / 2, kept - 1) * winsorized.std(ddof=1) * np.sqrt(n) / kept
-    return float(iqm(x) - half), float(iqm(x) + half)
+    centre = iqm(x)
+    return float(centre - half), float(centre + half)
 
 
 def improvement_interval(x, y, level: float = 0.95) -> tuple[float, float]:

@@ -515,7 +515,7 @@ def reference_reading(df: pd.DataFrame, frames: int):
             mine = _final_by(ours[ours.env == env], ["seed"], frame)["return"].to_numpy()
             theirs = _final_by(ref[ref.env == env], ["run"], frame)["return"].to_numpy()
             below = int((mine < theirs.min()).sum())
-            low, high = claims.prediction_interval(mine)
+            low, high = claims.t_interval(mine, one_more=True)
             inside = int(((theirs >= low) & (theirs <= high)).sum())
             lines.append(f"- {TITLES[env]}, last 100 episodes by {frame:,} frames: MinAtar's runs "
                          f"{', '.join(f'{t:.2f}' for t in theirs)}; ours {mine.min():.2f} to {mine.max():.2f} "

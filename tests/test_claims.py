@@ -71,7 +71,7 @@ def test_intervals_cover_as_they_claim_at_ten_seeds():
     assert 0.92 <= np.mean(covered) <= 0.98
     assert claims.prob_improvement(np.array([1.0, 2.0]), np.array([1.0, 0.0])) == pytest.approx(0.875)
     runs = rng.normal(0, 1, (2000, 6))  # five seeds, and one more run that the interval should catch
-    caught = [lo <= r[5] <= hi for r in runs for lo, hi in [claims.prediction_interval(r[:5])]]
+    caught = [lo <= r[5] <= hi for r in runs for lo, hi in [claims.t_interval(r[:5], one_more=True)]]
     assert 0.93 <= np.mean(caught) <= 0.97
 
 
