@@ -161,18 +161,12 @@ def test_every_page_fits_a_phone_and_stays_within_its_weight_budget(book, browse
     import screenshots
 
     weights, cut = {}, {}
-    context = browser.new_context(offline=True, viewport={"width": 390, "height": 844})
     for path in pages(book):
-        page = context.new_page()
-        urls = screenshots.loaded(page)
-        page.goto(path.as_uri())
-        page.wait_for_load_state("load")
-        page.wait_for_timeout(300)
-        weights[path] = screenshots.weight(urls)
+        page = screenshots.visit(browser, path, 390, 844)
+        weights[path] = screenshots.weight(page.files)
         if wide := page.evaluate(screenshots.OVERFLOW):
             cut[path.stem] = wide
-        page.close()
-    context.close()
+        page.context.close()
     assert cut == {}, cut  # content wider than a phone, outside a box that scrolls
     assert screenshots.over_budget(weights) == [], {p.stem: w for p, w in weights.items()}
     assert "tex-chtml.js" not in (book / "_build" / "html" / "book" / "intro.html").read_text()  # no maths, no MathJax

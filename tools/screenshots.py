@@ -41,11 +41,17 @@ MB = 1_000_000
 EMPTIEST, PAGE, MATHS, EXPLORER = 2.5 * MB, 1.0 * MB, 1.5 * MB, 3.0 * MB
 
 
-def loaded(page) -> set[str]:
-    """Collects, into the set returned, every URL the page requests from now on."""
-    urls = set()
-    page.on("requestfinished", lambda request: urls.add(request.url))
-    return urls
+def visit(browser, path: Path, width: int, height: int = 900):
+    """The page at `path`, opened offline once its requests have gone quiet, with `page.files`: every
+    URL it asked for. Each page gets a context of its own: pages sharing one can be served another's
+    files from the renderer's memory cache without asking, and would weigh less than they do."""
+    context = browser.new_context(offline=True, viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.files = set()
+    page.on("request", lambda request: page.files.add(request.url))
+    page.goto(path.as_uri())
+    page.wait_for_load_state("networkidle")
+    return page
 
 
 def weight(urls: set[str]) -> int:
@@ -85,21 +91,15 @@ def main():
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"])
         for width in args.widths:
-            context = browser.new_context(offline=True, viewport={"width": width, "height": 900})
             for path in chosen:
-                page = context.new_page()
-                urls = loaded(page)
-                page.goto(path.as_uri())
-                page.wait_for_load_state("load")
-                page.wait_for_timeout(800)
+                page = visit(browser, path, width)
                 shot = args.out / f"{path.stem}-{width}.png"
                 page.screenshot(path=str(shot), full_page=True)
                 cut = page.evaluate(OVERFLOW) + (page.evaluate(TABLES_CUT) if width >= LAPTOP else [])
-                weights[path] = weight(urls)
+                weights[path] = weight(page.files)
                 print(f"{shot.relative_to(ROOT) if shot.is_relative_to(ROOT) else shot}  {weights[path] / MB:.2f} MB"
                       + (f"  wider than the page: {cut}" if cut else ""))
-                page.close()
-            context.close()
+                page.context.close()
         browser.close()
     if not args.pages:
         print("\n".join(over_budget(weights)) or "every page within its weight budget")
