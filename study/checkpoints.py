@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import torch
 
@@ -27,10 +29,18 @@ _STOP = _StopRequest()
 
 class Checkpoint:
     """One population's checkpoint file, written atomically: sparse_dqn.train_population loads it
-    to resume, saves it every checkpoint_every frames, and stops there when stop_on_signal asks."""
+    to resume, saves it every checkpoint_every frames, and stops there when stop_on_signal asks.
+    With members, a manifest beside it (the same name, .json) names them and the frame saved: the
+    file's name hashes its population, so a sweep planned with other population sizes finds it
+    only by its manifest."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, members: Sequence[str] = ()):
         self.path = Path(path)
+        self.members = list(members)
+
+    @property
+    def manifest(self) -> Path:
+        return self.path.with_suffix(".json")
 
     def load(self, device) -> dict | None:
         """The saved state, or None where there is none. What a killed writer of this population
@@ -50,17 +60,24 @@ class Checkpoint:
 
     def save(self, state: dict):
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".tmp-{self.path.stem}-", suffix=".pt")
+        self._write(self.path, lambda tmp: torch.save(state, tmp))
+        if self.members:  # after the state: a manifest never names a frame that was not saved
+            blob = json.dumps({"members": self.members, "frame": state["frame"]})
+            self._write(self.manifest, lambda tmp: Path(tmp).write_text(blob))
+
+    def _write(self, path: Path, write):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{self.path.stem}-", suffix=path.suffix)
         os.close(fd)
         try:
-            torch.save(state, tmp)
-            os.replace(tmp, self.path)
+            write(tmp)
+            os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)
             raise
 
     def remove(self):
         self.path.unlink(missing_ok=True)
+        self.manifest.unlink(missing_ok=True)
 
     def arm(self):
         """From now on a stop request is answered with a checkpoint (see stop_on_signal)."""

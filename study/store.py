@@ -77,7 +77,7 @@ class Store:
         write_atomic(result_path(self.root, run.config, run.seed), run_to_json(run))
 
     def checkpoint(self, agents: Sequence[tuple[sd.Config, int]]) -> Checkpoint:
-        return Checkpoint(checkpoint_path(self.root, agents))
+        return Checkpoint(checkpoint_path(self.root, agents), [run_id(*a) for a in agents])
 
     def claimed(self, runs: Sequence[tuple[sd.Config, int]], wait: bool = False):
         return claimed(self.root, runs, wait)
@@ -203,6 +203,35 @@ def checkpoint_path(results_dir: str | Path | None, agents: Sequence[tuple[sd.Co
     # built-in archs keep the names their checkpoints had before registered masks existed
     blob = json.dumps([(cfg.key(), seed if cfg.arch not in sd.MASKS else sd.run_name(cfg, seed)) for cfg, seed in agents])
     return Path(results_dir) / ".checkpoints" / (hashlib.sha256(blob.encode()).hexdigest()[:16] + ".pt")
+
+
+def run_id(cfg: sd.Config, seed: int) -> str:
+    """A run's name in a checkpoint's manifest: its file under the results directory, less .json."""
+    return f"{cfg.key()}/{sd.run_name(cfg, seed)}"
+
+
+def checkpointed_populations(results_dir: str | Path, runs: Sequence[tuple[sd.Config, int]]):
+    """The populations among runs that left a checkpoint under results_dir, each as it was formed
+    (its checkpoint's name hashes its members in order), with the frame it resumes at; most
+    advanced first, and a run that two checkpoints share in the most advanced only."""
+    by_id = {run_id(*run): run for run in runs}
+    found = []
+    for manifest in (Path(results_dir) / ".checkpoints").glob("[!.]*.json"):
+        try:
+            blob = json.loads(manifest.read_text())
+            members = [by_id[name] for name in blob["members"]]
+            frame = int(blob["frame"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # unreadable, or a member is done or outside these runs: that population cannot resume
+        if checkpoint_path(results_dir, members) == manifest.with_suffix(".pt") and manifest.with_suffix(".pt").exists():
+            found.append((members, frame))
+    taken, populations = set(), []
+    for members, frame in sorted(found, key=lambda f: -f[1]):
+        names = {run_id(*run) for run in members}
+        if taken.isdisjoint(names):
+            populations.append((members, frame))
+            taken.update(names)
+    return populations
 
 
 def episodes_frame(runs: Iterable[sd.RunResult]):

@@ -9,7 +9,7 @@ from typing import Sequence
 
 import sparse_dqn as sd
 from study.profiles import profile_runs
-from study.store import check_results_dir, load_run
+from study.store import check_results_dir, checkpointed_populations, load_run, run_id
 
 
 def plan_populations(runs: Sequence[tuple[sd.Config, int]], max_agents: int) -> list[list[tuple[sd.Config, int]]]:
@@ -23,6 +23,15 @@ def plan_populations(runs: Sequence[tuple[sd.Config, int]], max_agents: int) -> 
             populations.append(open_[env])
         open_[env].append(run)
     return populations
+
+
+def plan_sweep(runs: Sequence[tuple[sd.Config, int]], results_dir: str | Path, max_agents: int):
+    """(population, frame it resumes at) for each population of runs: first those that left a
+    checkpoint, as they were formed whatever max_agents was then, then the rest by plan_populations."""
+    resumed = checkpointed_populations(results_dir, runs)
+    held = {run_id(*run) for pop, _ in resumed for run in pop}
+    rest = plan_populations([run for run in runs if run_id(*run) not in held], max_agents)
+    return resumed + [(pop, 0) for pop in rest]
 
 
 class SweepJob:
@@ -68,21 +77,23 @@ def sweep(profile: str, envs: Sequence[str], results_dir: str | Path, max_agents
     expected time from a short measured rate. Returns the populations it planned."""
     runs = profile_runs(profile, envs, extra_archs, device=device)
     todo = [r for r in runs if load_run(results_dir, *r) is None]
-    populations = plan_populations(todo, max_agents)
-    steps = sum(c.frames for c, _ in todo)
+    planned = plan_sweep(todo, results_dir, max_agents)
+    populations = [pop for pop, _ in planned]
+    steps = sum(c.frames - start for pop, start in planned for c, _ in pop)
     if dry_run:
         print(f"{profile}: {len(runs)} runs, {len(runs) - len(todo)} done, {len(todo)} to train in "
               f"{len(populations)} populations ({steps:,} agent-steps)")
         rates, total = {}, 0.0
-        for i, pop in enumerate(populations):
+        for i, (pop, start) in enumerate(planned):
             members = tuple(sorted(f"{c.arch}/{c.regime}" for c, _ in pop))
             shape = (pop[0][0].env, members)
             if shape not in rates:  # populations differ many times over in speed: each shape is timed
                 rates[shape] = measured_rate(pop)
-            seconds = sum(c.frames for c, _ in pop) / rates[shape]
+            seconds = sum(c.frames - start for c, _ in pop) / rates[shape]
             total += seconds
-            print(f"  population {i}: {pop[0][0].env}, {len(pop)} agents: {', '.join(sorted(set(members)))}; measured "
-                  f"{rates[shape]:,.0f} agent-steps/s, about {_duration(seconds)}", flush=True)
+            resumes = f", resumes at frame {start:,}" if start else ""
+            print(f"  population {i}: {pop[0][0].env}, {len(pop)} agents: {', '.join(sorted(set(members)))}{resumes}; "
+                  f"measured {rates[shape]:,.0f} agent-steps/s, about {_duration(seconds)}", flush=True)
         if populations:
             print(f"about {_duration(total)} on this machine for one sweep; sweeps sharing the results "
                   "directory split the populations between them")
@@ -92,7 +103,8 @@ def sweep(profile: str, envs: Sequence[str], results_dir: str | Path, max_agents
         return _sweep_slurm(populations, results_dir, slurm or {})
     from tqdm import tqdm
 
-    bar = tqdm(total=sum(c.frames for c, _ in runs), initial=sum(c.frames for c, _ in runs) - steps,
+    all_frames = sum(c.frames for c, _ in runs)  # a resumed population reports its checkpoint's frames itself
+    bar = tqdm(total=all_frames, initial=all_frames - sum(c.frames for c, _ in todo),
                unit="agent-frame", unit_scale=True, desc=f"sweep {profile}", file=sys.stderr,
                mininterval=5.0, disable=not progress)
     trained = 0  # a run trained here holds its final weights; one loaded from the store does not
@@ -101,7 +113,7 @@ def sweep(profile: str, envs: Sequence[str], results_dir: str | Path, max_agents
             runs_here = sd.train_runs(pop, results_dir, progress=bar.update, wait=False)
             trained += sum(run is not None and run.params is not None for run in runs_here)
         left = [r for r in todo if load_run(results_dir, *r) is None]
-        for pop in plan_populations(left, max_agents):  # then waited for: made once, whoever makes them
+        for pop, _ in plan_sweep(left, results_dir, max_agents):  # then waited for: made once, whoever makes them
             trained += sum(run.params is not None for run in sd.train_runs(pop, results_dir, progress=bar.update))
     finally:
         bar.close()

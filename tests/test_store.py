@@ -13,7 +13,7 @@ import torch
 
 import sparse_dqn as sd
 from engine import backends
-from study import profiles, store, sweep as sweeps
+from study import checkpoints, profiles, store, sweep as sweeps
 
 SMALL = dict(frames=3_000, learning_starts=300, replay_size=2_000, target_update=100,
              eps_decay_frames=1_000, hidden_units=400, log_every=500, checkpoint_every=500)
@@ -156,6 +156,26 @@ def test_a_sweep_leaves_held_runs_to_their_holder_and_makes_them_when_it_dies(tm
     sweeps.sweep("smoke", ["breakout"], tmp_path, max_agents=4, progress=False)
     holder.wait()
     assert all(store.load_run(tmp_path, *run) is not None for run in runs)
+
+
+def test_a_sweep_resumes_a_checkpointed_population_whatever_population_size_it_is_given(tmp_path, monkeypatch):
+    """A sweep stopped and restarted with another --max-agents (a GPU after a laptop, say) goes on
+    from the checkpoint rather than training those runs again from frame 0."""
+    runs = profiles.profile_runs("smoke", ["breakout"])
+    first = sweeps.plan_populations(runs, 2)[0]
+    with monkeypatch.context() as stopping:  # as a first Ctrl-C would: at the end of the first block
+        stopping.setattr(checkpoints.Checkpoint, "stop_requested", staticmethod(lambda: True))
+        with pytest.raises(checkpoints.Stopped):
+            sweeps.sweep("smoke", ["breakout"], tmp_path, max_agents=2, progress=False)
+    (manifest,) = (tmp_path / ".checkpoints").glob("[!.]*.json")
+    saved = json.loads(manifest.read_text())["frame"]
+    assert 0 < saved < first[0][0].frames
+
+    planned = sweeps.sweep("smoke", ["breakout"], tmp_path, max_agents=64, progress=False)
+    assert planned[0] == first and len(planned) == 2
+    for run in runs:
+        assert store.load_run(tmp_path, *run).resumed_at == ([saved] if run in first else [])
+    assert not list((tmp_path / ".checkpoints").iterdir())  # manifest and state both gone once done
 
 
 def test_a_live_study_notebook_never_trains_and_reads_the_committed_study(tmp_path):
