@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--device", default="cpu", help="torch device of every population")
     sw.add_argument("--extra-archs", nargs="+", default=[], choices=list(sd.MASKS), metavar="ARCH",
                     help="registered masks to train in both regimes beside the figures' archs")
-    sw.add_argument("--max-agents", type=int, default=64, help="agents per population (a population that left a checkpoint resumes as it was formed)")
+    sw.add_argument("--max-agents", type=int, default=64,
+                    help="agents per population (one that left a checkpoint resumes as it was formed)")
     sw.add_argument("--executor", choices=["local", "slurm"], default="local")
     sw.add_argument("--dry-run", action="store_true", help="print the plan and its expected time")
     sw.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -223,7 +223,8 @@ def checkpointed_populations(results_dir: str | Path, runs: Sequence[tuple[sd.Co
             frame = int(blob["frame"])
         except (OSError, ValueError, KeyError, TypeError):
             continue  # unreadable, or a member is done or outside these runs: that population cannot resume
-        if checkpoint_path(results_dir, members) == manifest.with_suffix(".pt") and manifest.with_suffix(".pt").exists():
+        state = manifest.with_suffix(".pt")
+        if checkpoint_path(results_dir, members) == state and state.exists():
             found.append((members, frame))
     taken, populations = set(), []
     for members, frame in sorted(found, key=lambda f: -f[1]):
