@@ -1,5 +1,5 @@
 """What only the book needs, beside its notebooks: a chapter's set-up, statistics over seeds (final
-returns, bootstrap intervals, differences, verdicts), the paper's claims, figures laid out as the
+returns, Student-t intervals, differences, verdicts), the paper's claims, figures laid out as the
 paper's, and the mask explorer. `sparse_dqn.py` keeps what a training run needs.
 
 Every notebook starts with
@@ -45,6 +45,9 @@ ARCH_COLOURS = {"dense": _PALETTE[0], "random": _PALETTE[7], "spatial": _PALETTE
                 "l1": _PALETTE[5], "minatar_cnn": _PALETTE[9], "dense_wide": _PALETTE[0]}
 CONTROLS = ("dense_wide",)
 """Controls, not the paper's architectures: drawn dashed in every figure."""
+BAND = claims.t_interval
+"""The 95% band of every curve over seeds: Student t, as in the tables, because at 3 to 10 seeds a
+percentile bootstrap's band is narrower than its coverage claims."""
 
 
 def colour(arch: str) -> str:
@@ -189,7 +192,7 @@ def final_table(df: pd.DataFrame, last: int = 100) -> pd.DataFrame:
 
 def learning_curves(df: pd.DataFrame, points: int = 20) -> pd.DataFrame:
     """Per run, the mean return of the episodes that end in each of `points` equal frame bins:
-    the tidy input of a line plot whose band bootstraps over seeds."""
+    the tidy input of a line plot whose band spans seeds."""
     edges = np.linspace(0, df["frame"].max(), points + 1)
     binned = df.assign(frame=edges[1:][np.clip(np.searchsorted(edges, df["frame"], "left") - 1, 0, points - 1)])
     return binned.groupby(["env", "arch", "regime", "seed", "frame"], as_index=False)["return"].mean()
@@ -422,9 +425,15 @@ def improvement_figure(df: pd.DataFrame, regime: str, pairs: Sequence[tuple[str,
 # ----------------------------------------------------------------------------------------------
 # Figures
 # ----------------------------------------------------------------------------------------------
+def frames_axis(ax):
+    """Frames on ax's x axis, labelled and counted as 100k or 5M."""
+    ax.set_xlabel("frames")
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _: f"{x / 1e3:g}k" if x < 1e6 else f"{x / 1e6:g}M"))
+
+
 def returns_figure(df: pd.DataFrame, title: str, frozen_finals: pd.DataFrame | None = None):
     """Figures 1 and 2 as the paper lays them out: one panel per game (Breakout left), average
-    return against frames, the mean over seeds with a 95% bootstrap band; with frozen_finals,
+    return against frames, the mean over seeds with a 95% Student-t band (BAND); with frozen_finals,
     a dashed line at each architecture's frozen final return."""
     curves = learning_curves(df)
     envs = [e for e in ENVS if e in set(curves.env)]
@@ -433,15 +442,14 @@ def returns_figure(df: pd.DataFrame, title: str, frozen_finals: pd.DataFrame | N
     for ax, env in zip(axes[0], envs):
         sns.lineplot(data=curves[curves.env == env], x="frame", y="return", hue="arch", hue_order=archs,
                      palette={a: colour(a) for a in archs}, style="arch", style_order=archs,
-                     dashes={a: (4, 2) if a in CONTROLS else "" for a in archs}, errorbar=("ci", 95), n_boot=1000,
-                     seed=0, ax=ax, legend=ax is axes[0][-1], lw=2)
+                     dashes={a: (4, 2) if a in CONTROLS else "" for a in archs}, errorbar=BAND, ax=ax,
+                     legend=ax is axes[0][-1], lw=2)
         if frozen_finals is not None:
             for _, row in frozen_finals[frozen_finals.env == env].iterrows():
                 ax.axhline(row["final return"], ls="--", lw=1.2, color=colour(row["arch"]))
         ax.set_title(TITLES[env])
-        ax.set_xlabel("frames")
+        frames_axis(ax)
         ax.set_ylabel("average return")
-        ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _: f"{x / 1e3:g}k" if x < 1e6 else f"{x / 1e6:g}M"))
     handles, labels = axes[0][-1].get_legend_handles_labels()
     axes[0][-1].get_legend().remove()
     fig.legend(handles, labels, loc="lower center", ncol=len(archs), frameon=False)
@@ -478,7 +486,7 @@ def _final_by(df: pd.DataFrame, keys: list[str], frame: int, last: int = 100) ->
 
 
 def reference_figure(df: pd.DataFrame):
-    """minatar_cnn's learning curves (mean over seeds, 95% bootstrap band) with MinAtar's own DQN's
+    """minatar_cnn's learning curves (mean over seeds, 95% Student-t band) with MinAtar's own DQN's
     runs over them, on the same axes and windows of frames."""
     ours = df[df.arch == "minatar_cnn"]
     ref = reference_runs().rename(columns={"run": "seed"}).assign(arch="MinAtar's dqn.py", regime="learned")
@@ -488,13 +496,13 @@ def reference_figure(df: pd.DataFrame):
     fig, axes = plt.subplots(1, len(envs), figsize=(4.8 * len(envs), 4.0), squeeze=False)
     for ax, env in zip(axes[0], envs):
         mine = curves[(curves.env == env) & (curves.arch == "minatar_cnn")]
-        sns.lineplot(data=mine, x="frame", y="return", color=colour("minatar_cnn"), errorbar=("ci", 95), n_boot=1000,
-                     seed=0, ax=ax, lw=2, label=f"ours, minatar_cnn ({mine.seed.nunique()} seeds)")
+        sns.lineplot(data=mine, x="frame", y="return", color=colour("minatar_cnn"), errorbar=BAND, ax=ax, lw=2,
+                     label=f"ours, minatar_cnn ({mine.seed.nunique()} seeds)")
         for run, g in curves[(curves.env == env) & (curves.arch != "minatar_cnn")].groupby("seed"):
             ax.plot(g["frame"], g["return"], color="black", lw=1.2, ls=("--", ":")[int(run) % 2],
                     label=f"MinAtar's dqn.py, run {run}")
         ax.set_title(TITLES[env])
-        ax.set_xlabel("frames")
+        frames_axis(ax)
         ax.set_ylabel("average return")
         ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()

@@ -91,6 +91,17 @@ def test_figures_put_breakout_left_and_keep_one_colour_per_arch():
     assert bk.colour("row") not in [bk.ARCH_COLOURS[a] for a in bk.ARCH_ORDER]
 
 
+def test_a_figures_band_is_the_student_t_interval_of_the_tables_not_a_narrower_bootstrap():
+    df = runs(means={"dense": 10.0}, seeds=3, envs=("breakout",), noise=2.0)
+    fig = bk.returns_figure(df, "Frozen")
+    band = fig.axes[0].collections[0].get_paths()[0].vertices
+    last = bk.learning_curves(df).query("frame == frame.max()")["return"]
+    low, high = bk.claims.t_interval(last)
+    at_end = band[np.isclose(band[:, 0], bk.learning_curves(df)["frame"].max()), 1]
+    assert np.allclose(sorted(at_end)[::len(at_end) - 1], [low, high])
+    assert high - low > 2 * (last.max() - last.min())  # a bootstrap band never leaves [min, max]
+
+
 def test_the_palette_stays_apart_for_colour_blind_readers_and_controls_are_dashed():
     distances = bk.palette_distances()
     assert set(distances) == {"normal", "protanopia", "deuteranopia", "tritanopia"}
