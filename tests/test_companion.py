@@ -95,9 +95,11 @@ def test_a_figures_band_is_the_student_t_interval_of_the_tables_not_a_narrower_b
     df = runs(means={"dense": 10.0}, seeds=3, envs=("breakout",), noise=2.0)
     fig = bk.returns_figure(df, "Frozen")
     band = fig.axes[0].collections[0].get_paths()[0].vertices
-    last = bk.learning_curves(df).query("frame == frame.max()")["return"]
+    curves = bk.learning_curves(df)
+    end = curves["frame"].max()
+    last = curves.loc[curves["frame"] == end, "return"]
     low, high = bk.claims.t_interval(last)
-    at_end = band[np.isclose(band[:, 0], bk.learning_curves(df)["frame"].max()), 1]
+    at_end = band[np.isclose(band[:, 0], end), 1]
     assert np.allclose(sorted(at_end)[::len(at_end) - 1], [low, high])
     assert high - low > 2 * (last.max() - last.min())  # a bootstrap band never leaves [min, max]
 
