@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 import sys
 import time
 from pathlib import Path
@@ -43,6 +44,12 @@ class SweepJob:
         self.masks = masks if masks is not None else {c.arch: sd.MASKS[c.arch] for c, _ in runs if c.arch in sd.MASKS}
 
     def __call__(self) -> int:
+        # On preemption Slurm sends SIGTERM to every process of the job, the `scontrol requeue`
+        # that submitit's USR2 handler is running among them, and a killed scontrol makes the
+        # requeue a failure. Ignored here, SIGTERM stays ignored in every child however early it
+        # arrives (a disposition survives fork and exec; a wrapper's own `trap` left a window at
+        # its start); submitit only logs it anyway.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for name, fn in self.masks.items():  # a fresh Python on the cluster knows only the built-ins
             sd.MASKS.setdefault(name, fn)
         # runs another process holds are left to it; the sweep that submitted this job waits for them
@@ -122,37 +129,14 @@ def sweep(profile: str, envs: Sequence[str], results_dir: str | Path, max_agents
     return populations
 
 
-# submitit requeues a preempted job by running `scontrol requeue` inside it. Slurm then sends
-# SIGTERM to the job's processes, scontrol among them, and when that arrives before scontrol exits
-# submitit takes the requeue for a failure and writes the job's result as an error (seen on a
-# one-node test cluster). Jobs find this scontrol first on their PATH: it ignores SIGTERM.
-SCONTROL_IGNORING_SIGTERM = """#!/bin/sh
-trap '' TERM
-PATH=${PATH#*:}
-exec scontrol "$@"
-"""
-
-
-def scontrol_shim(folder: str | Path) -> Path:
-    """Write the scontrol that ignores SIGTERM (SCONTROL_IGNORING_SIGTERM) into folder/bin."""
-    shim = Path(folder) / "bin" / "scontrol"
-    shim.parent.mkdir(parents=True, exist_ok=True)
-    shim.write_text(SCONTROL_IGNORING_SIGTERM)
-    shim.chmod(0o755)
-    return shim
-
-
 def slurm_executor(results_dir: str | Path, **options):
     """submitit's Slurm executor for this module's jobs (SweepJob): logs and pickles under
     results_dir/.submitit, this module on the jobs' PYTHONPATH; options go to update_parameters."""
     import submitit
 
-    folder = Path(results_dir) / ".submitit"
-    shim = scontrol_shim(folder)
-    ex = submitit.AutoExecutor(folder=folder, cluster="slurm")
+    ex = submitit.AutoExecutor(folder=Path(results_dir) / ".submitit", cluster="slurm")
     here = str(Path(__file__).resolve().parent)
-    ex.update_parameters(slurm_setup=[f"export PYTHONPATH={here}${{PYTHONPATH:+:$PYTHONPATH}}",
-                                      f"export PATH={shim.parent.resolve()}:$PATH"], **options)
+    ex.update_parameters(slurm_setup=[f"export PYTHONPATH={here}${{PYTHONPATH:+:$PYTHONPATH}}"], **options)
     return ex
 
 

@@ -3,7 +3,6 @@ here on localhost and stopped after): its results equal a local run of the same 
 preempted job is requeued and resumes from its checkpoint."""
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -140,17 +139,19 @@ def test_a_preempted_job_is_requeued_and_resumes_from_its_checkpoint(slurm, tmp_
 
 
 def test_a_jobs_scontrol_outlives_the_sigterm_of_its_own_requeue(tmp_path):
-    """submitit's requeue runs scontrol inside the job, and Slurm's SIGTERM to the job may reach
-    it first: the scontrol that slurm_executor puts first on a job's PATH ignores it and runs the
-    next scontrol on the PATH. Needs no Slurm: the next scontrol is a stand-in."""
-    shim = sweeps.scontrol_shim(tmp_path / "runs" / ".submitit").parent
-    real = tmp_path / "real"
-    real.mkdir()
-    (real / "scontrol").write_text('#!/bin/sh\nsleep 1\necho "requeue $1 $2"\n')
-    (real / "scontrol").chmod(0o755)
-    env = dict(os.environ, PATH=f"{shim}:{real}:{os.environ['PATH']}")
-    proc = subprocess.Popen(["scontrol", "requeue", "7"], env=env, stdout=subprocess.PIPE, text=True)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.communicate(timeout=10)[0] == "requeue requeue 7\n" and proc.returncode == 0
+    """submitit's requeue runs scontrol inside the job, and Slurm's SIGTERM to the job may reach it
+    the moment it starts: a child that a SweepJob starts, as submitit starts scontrol, survives a
+    SIGTERM sent as soon as it exists. Needs no Slurm: the child is a stand-in."""
+    code = f"""
+import os, signal, subprocess, sys
+sys.path[:0] = [{str(Path(MODULE).parent)!r}]
+from study import profiles, sweep
+sweep.SweepJob([(profiles.profile_config("smoke", env="breakout", arch="dense", frames=200), 0)], {str(tmp_path)!r})()
+child = subprocess.Popen(["sh", "-c", "sleep 1; echo requeue"], stdout=subprocess.PIPE, text=True)
+os.kill(child.pid, signal.SIGTERM)
+print(child.communicate(timeout=10)[0], end="")
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == "requeue\n"
 
